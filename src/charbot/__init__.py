@@ -1,0 +1,3 @@
+"""charbot: character chatbots from scripts."""
+
+__version__ = "0.1.0"

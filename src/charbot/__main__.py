@@ -1,0 +1,3 @@
+from charbot.cli import main
+
+main()

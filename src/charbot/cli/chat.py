@@ -1,0 +1,147 @@
+"""`charbot chat`: talk to a character in the terminal. Piped input: one message per line in, one
+`Name: reply` line out, so it can be scripted."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from charbot.config import Settings, default_data_dir
+from charbot.engine import Engine
+from charbot.errors import CharbotError
+from charbot.factory import build_engine
+from charbot.persona import load_card
+from charbot.cli.options import model_options
+
+HELP = """Commands:
+  /reset            forget this conversation
+  /persona FILE     switch to the character card in FILE
+  /help             this text
+  /quit             leave (or Ctrl-D)"""
+
+
+@click.command()
+@model_options
+@click.option("--conversation", "-c", default="cli", show_default=True, help="Conversation name; memory is kept per name.")
+@click.option("--stream/--no-stream", default=None, help="Print replies as they are generated (default: on in a terminal).")
+def chat(settings: Settings, conversation: str, stream: bool | None) -> None:
+    """Chat with a character in the terminal."""
+    interactive = sys.stdin.isatty()
+    asyncio.run(_run(settings, f"cli:{conversation}", interactive, interactive if stream is None else stream))
+
+
+async def _run(settings: Settings, conversation: str, interactive: bool, stream: bool) -> None:
+    engine = build_engine(settings)
+    try:
+        await engine.warm_up()
+        if interactive:
+            await _repl(engine, conversation, stream)
+        else:
+            await _piped(engine, conversation)
+    finally:
+        await engine.backend.aclose()
+        engine.store.close()
+
+
+def _command(engine: Engine, conversation: str, line: str) -> str | None:
+    """Handle a /command; returns what to print, or None when the line is not a command."""
+    if not line.startswith("/"):
+        return None
+    cmd, _, arg = line.partition(" ")
+    if cmd in ("/quit", "/exit"):
+        raise EOFError
+    if cmd == "/help":
+        return HELP
+    if cmd == "/reset":
+        n = engine.reset(conversation)
+        return f"(forgot {n} messages)"
+    if cmd == "/persona":
+        if not arg.strip():
+            return f"(talking to {engine.persona_for(conversation).name}; /persona FILE to switch)"
+        try:
+            card = engine.set_persona(conversation, load_card(Path(arg.strip()).expanduser()))
+        except CharbotError as exc:
+            return f"(error: {exc})"
+        return f"(now talking to {card.name})"
+    return f"(unknown command {cmd}; /help lists them)"
+
+
+async def _piped(engine: Engine, conversation: str) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out = _command(engine, conversation, line)
+        except EOFError:
+            return
+        if out is not None:
+            print(" ".join(out.split()), flush=True)
+            continue
+        reply = await engine.reply(conversation, line)
+        print(f"{reply.persona}: {' '.join(reply.text.split())}", flush=True)
+
+
+async def _repl(engine: Engine, conversation: str, stream: bool) -> None:
+    try:
+        import readline
+
+        history = default_data_dir() / "chat_history"
+        history.parent.mkdir(parents=True, exist_ok=True)
+        if history.exists():
+            readline.read_history_file(history)
+    except (ImportError, OSError):
+        readline = None  # type: ignore[assignment]
+    card = engine.persona_for(conversation)
+    click.secho(f"Talking to {card.name} ({engine.backend.describe()}). /help for commands.", dim=True)
+    if not engine.store.history(conversation, 1) and card.data.first_mes:
+        click.secho(f"{card.name}: ", bold=True, nl=False)
+        click.echo(card.data.first_mes.replace("{{user}}", engine.user_name).replace("{{char}}", card.name))
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                line = (await loop.run_in_executor(None, input, "You: ")).strip()
+            except EOFError:
+                click.echo()
+                return
+            if not line:
+                continue
+            try:
+                out = _command(engine, conversation, line)
+            except EOFError:
+                return
+            if out is not None:
+                click.secho(out, dim=True)
+                continue
+            name = engine.persona_for(conversation).name
+            click.secho(f"{name}: ", bold=True, nl=False)
+            shown = ""
+
+            def show(text: str) -> None:
+                nonlocal shown
+                sys.stdout.write(text[len(shown) :])
+                sys.stdout.flush()
+                shown = text
+
+            reply = await engine.reply(conversation, line, on_update=show if stream else None)
+            if reply.text.startswith(shown) and shown:
+                show(reply.text)
+                click.echo()
+            elif shown:  # the streamed text was replaced (a retry or the fallback)
+                click.echo(f"\r{name}: {reply.text}")
+            else:
+                click.echo(reply.text)
+    finally:
+        if readline is not None:
+            try:
+                readline.write_history_file(history)
+            except OSError:
+                pass

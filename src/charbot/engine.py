@@ -1,0 +1,163 @@
+"""The conversation engine: persona + memory + prompt + generation. Transports (CLI, Discord) call this;
+it calls a backend through one protocol. No discord, torch or CLI code here."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+
+from charbot.backends.base import Backend, PromptFormat
+from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
+from charbot.memory import MemoryStore, Turn
+from charbot.persona import CharacterCard, render
+from charbot.prompt import BuiltPrompt, PromptBuilder
+
+log = logging.getLogger(__name__)
+
+UNUSABLE_RETRIES = 2
+HISTORY_FETCH = 400  # turns read from memory before the token budget trims them
+
+OnUpdate = Callable[[str], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    persona: str
+    completion_tokens: int
+    seconds: float
+    turns_in_prompt: int
+    fallback: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        backend: Backend,
+        store: MemoryStore,
+        persona: CharacterCard,
+        settings: GenerationSettings | None = None,
+        *,
+        prompt_format: PromptFormat | str = "auto",
+        user_name: str = "User",
+        fallback_reply: str = "...",
+        personas: Mapping[str, CharacterCard] | None = None,
+    ):
+        self.backend = backend
+        self.store = store
+        self.default_persona = persona
+        self.personas: dict[str, CharacterCard] = {persona.name: persona, **(personas or {})}
+        self.settings = settings or GenerationSettings()
+        self.user_name = user_name
+        self.fallback_reply = fallback_reply
+        self._format = prompt_format
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return self.backend.default_prompt_format if self._format == "auto" else self._format  # type: ignore[return-value]
+
+    # --- personas ------------------------------------------------------------------------------------
+    def persona_for(self, conversation_id: str) -> CharacterCard:
+        name = self.store.get_persona(conversation_id)
+        return self.personas.get(name, self.default_persona) if name else self.default_persona
+
+    def set_persona(self, conversation_id: str, card_or_name: CharacterCard | str) -> CharacterCard:
+        if isinstance(card_or_name, CharacterCard):
+            self.personas[card_or_name.name] = card_or_name
+            card = card_or_name
+        else:
+            matches = [c for n, c in self.personas.items() if n.casefold() == card_or_name.casefold()]
+            if not matches:
+                raise KeyError(card_or_name)
+            card = matches[0]
+        self.store.set_persona(conversation_id, card.name)
+        return card
+
+    def reset(self, conversation_id: str) -> int:
+        return self.store.reset(conversation_id)
+
+    # --- prompts -------------------------------------------------------------------------------------
+    def build_prompt(self, conversation_id: str, text: str, speaker: str | None = None) -> tuple[BuiltPrompt, CharacterCard]:
+        card = self.persona_for(conversation_id)
+        builder = PromptBuilder(
+            self.backend.count_tokens,
+            context_window=self.backend.context_window,
+            max_new_tokens=self.settings.max_new_tokens,
+            fmt=self.prompt_format,
+            eos_token=self.backend.eos_token,
+        )
+        history = self.store.history(conversation_id, HISTORY_FETCH)
+        return builder.build(render(card, speaker or self.user_name), history, text, speaker), card
+
+    def _stops(self, card: CharacterCard, speaker: str | None) -> tuple[str, ...]:
+        names = {self.user_name, card.name, *([speaker] if speaker else [])}
+        return tuple(f"\n{n}:" for n in sorted(names))
+
+    # --- replies -------------------------------------------------------------------------------------
+    async def reply(
+        self, conversation_id: str, text: str, *, speaker: str | None = None, on_update: OnUpdate | None = None
+    ) -> Reply:
+        """Generate, clean and remember a reply. Turns of one conversation are served in arrival order."""
+        lock = self._locks.get(conversation_id)
+        if lock is None:
+            lock = self._locks[conversation_id] = asyncio.Lock()
+        async with lock:
+            return await self._reply(conversation_id, text, speaker, on_update)
+
+    async def _reply(self, conversation_id: str, text: str, speaker: str | None, on_update: OnUpdate | None) -> Reply:
+        started = time.perf_counter()
+        built, card = self.build_prompt(conversation_id, text, speaker)
+        settings = self.settings.with_stop(*self._stops(card, speaker))
+        users = tuple(n for n in (self.user_name, speaker) if n)
+        tokens = 0
+        reply = ""
+        for attempt in range(1 + UNUSABLE_RETRIES):
+            if on_update is not None and attempt == 0 and self.backend.capabilities.streaming:
+                raw = await self._stream(built, settings, card.name, users, on_update)
+                used = self.backend.count_tokens(raw)
+                truncated = used >= settings.max_new_tokens
+            else:
+                attempt_settings = settings if attempt == 0 else replace(settings, seed=None, do_sample=True)
+                completion = await self.backend.complete(built.prompt, attempt_settings)
+                raw, used = completion.text, completion.completion_tokens
+                truncated = completion.finish_reason == "length" or used >= settings.max_new_tokens
+            tokens += used
+            reply = clean_reply(raw, char=card.name, user_names=users, stops=settings.stop)
+            if truncated:
+                reply = trim_to_sentence(reply)
+            if is_usable(reply, text):
+                break
+            log.info("unusable reply %r (attempt %d), retrying", raw[:80], attempt + 1)
+        fallback = not is_usable(reply, text)
+        if fallback:
+            reply = self.fallback_reply
+        self.store.add_exchange(
+            conversation_id, [Turn("user", text, speaker), Turn("assistant", reply, card.name)]
+        )
+        return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback)
+
+    async def _stream(self, built: BuiltPrompt, settings, char: str, users, on_update: OnUpdate) -> str:
+        raw = ""
+        shown = ""
+        async for piece in self.backend.stream(built.prompt, settings):
+            raw += piece
+            cleaned = clean_reply(raw, char=char, user_names=users, stops=settings.stop)
+            if cleaned != shown and cleaned.startswith(shown):
+                shown = cleaned
+                result = on_update(shown)
+                if inspect.isawaitable(result):
+                    await result
+        return raw
+
+    async def warm_up(self) -> None:
+        """Load the model and run one tiny generation so the first user does not pay for it."""
+        if not self.backend.ready:
+            await self.backend.load()
+        built, card = self.build_prompt("__warmup__", "Hello")
+        await self.backend.complete(built.prompt, replace(self.settings, max_new_tokens=1))

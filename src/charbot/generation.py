@@ -1,0 +1,109 @@
+"""Generation settings (the tutorial's sampling defaults) and the clean-up every reply goes through."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a reply is sampled. Defaults are the original tutorial's `model.generate(...)` arguments."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = True
+    temperature: float = 0.8
+    top_k: int = 100
+    top_p: float = 0.7
+    no_repeat_ngram_size: int = 3
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def with_stop(self, *extra: str) -> GenerationSettings:
+        return replace(self, stop=tuple(dict.fromkeys((*self.stop, *extra))))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_settings(cls, s) -> GenerationSettings:
+        return cls(
+            max_new_tokens=s.max_new_tokens,
+            do_sample=s.do_sample,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            no_repeat_ngram_size=s.no_repeat_ngram_size,
+            repetition_penalty=s.repetition_penalty,
+            seed=s.seed,
+        )
+
+
+class NoRepeatNGram:
+    """Tokens that would repeat an n-gram already generated (HF's `no_repeat_ngram_size`), kept incrementally.
+
+    Only generated tokens count: chat prompts repeat their template markers, and banning those would stop
+    the model from ever closing its turn.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.tokens: list[int] = []
+        self._seen: dict[tuple[int, ...], set[int]] = {}
+
+    def push(self, token: int) -> None:
+        self.tokens.append(token)
+        if self.n > 0 and len(self.tokens) >= self.n:
+            gram = tuple(self.tokens[-self.n :])
+            self._seen.setdefault(gram[:-1], set()).add(gram[-1])
+
+    def banned(self) -> set[int]:
+        if self.n <= 0 or len(self.tokens) < self.n - 1:
+            return set()
+        prefix = tuple(self.tokens[len(self.tokens) - self.n + 1 :]) if self.n > 1 else ()
+        return self._seen.get(prefix, set())
+
+
+_WS = re.compile(r"[ \t]+")
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
+
+
+def clean_reply(raw: str, *, char: str, user_names: tuple[str, ...] = (), stops: tuple[str, ...] = ()) -> str:
+    """Cut at the next turn marker, drop a leading 'Char:' the model may echo, trim. May return ''."""
+    text = raw
+    for stop in stops:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    # A model writing the other side's next turn: "...\nUser: ..." or "...\nChar: ..."
+    names = [n for n in (*user_names, char) if n]
+    if names:
+        marker = re.compile(r"(?:^|\n)\s*(?:" + "|".join(re.escape(n) for n in names) + r")\s*:", re.IGNORECASE)
+        first = re.match(r"\s*" + re.escape(char) + r"\s*:\s*", text, re.IGNORECASE)
+        if first:
+            text = text[first.end() :]
+        m = marker.search(text)
+        if m:
+            text = text[: m.start()]
+    lines = [_WS.sub(" ", line).strip() for line in text.strip().splitlines()]
+    return "\n".join(line for line in lines if line).strip()
+
+
+def is_usable(reply: str, user_text: str) -> bool:
+    """A reply must say something, and not just hand the user's own words back."""
+    if not _norm(reply):
+        return False
+    return _norm(reply) != _norm(user_text)
+
+
+_SENTENCE_END = re.compile(r"[.!?…](?:[\"')\]]*)(?=\s|$)")
+
+
+def trim_to_sentence(text: str, min_chars: int = 12) -> str:
+    """A reply cut by the token cap ends mid-sentence; end it at the last full sentence when there is one."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    ends = [e for e in ends if e >= min_chars]
+    return text[: ends[-1]].rstrip() if ends else text

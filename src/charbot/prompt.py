@@ -1,0 +1,92 @@
+"""Turn persona + memory + the new message into a prompt that fits the model's context.
+
+Priority when space is short: the persona's core text and the new message always stay; example dialogue
+goes first; then the oldest turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from charbot.backends.base import Message, Prompt, PromptFormat
+from charbot.memory import Turn
+from charbot.persona import RenderedPersona
+
+MESSAGE_OVERHEAD = 5  # chat-template markers per message (<|im_start|>role\n … <|im_end|>\n)
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    prompt: Prompt
+    turns_kept: int
+    turns_available: int
+    examples_kept: bool
+    prompt_tokens: int
+
+
+def speaker_text(turn_text: str, speaker: str | None) -> str:
+    return f"{speaker}: {turn_text}" if speaker else turn_text
+
+
+class PromptBuilder:
+    def __init__(
+        self,
+        count_tokens: Callable[[str], int],
+        *,
+        context_window: int,
+        max_new_tokens: int,
+        fmt: PromptFormat,
+        eos_token: str | None = None,
+    ):
+        self.count = count_tokens
+        self.fmt = fmt
+        self.eos = eos_token or ""
+        # Room for the reply, plus slack for tokenizer differences between our count and the template's.
+        self.budget = max(64, context_window - max_new_tokens - 16)
+
+    def build(self, persona: RenderedPersona, history: Sequence[Turn], text: str, speaker: str | None) -> BuiltPrompt:
+        new = Turn("user", text, speaker)
+        if self.fmt == "dialogpt":
+            return self._dialogpt(history, new)
+        return self._chat(persona, history, new)
+
+    # --- chat-template models ------------------------------------------------------------------------
+    def _chat(self, persona: RenderedPersona, history: Sequence[Turn], new: Turn) -> BuiltPrompt:
+        system_core = persona.system + (f"\n{persona.post_history}" if persona.post_history else "")
+        cost = [self._turn_cost(t) for t in history]
+        fixed = self.count(system_core) + MESSAGE_OVERHEAD + self._turn_cost(new) + MESSAGE_OVERHEAD
+        examples_cost = self.count(persona.examples) + 2 if persona.examples else 0
+
+        keep_examples = bool(persona.examples) and fixed + examples_cost + sum(cost) <= self.budget
+        used = fixed + (examples_cost if keep_examples else 0)
+        kept = 0
+        for c in reversed(cost):  # newest first
+            if used + c > self.budget:
+                break
+            used += c
+            kept += 1
+        system = system_core + (f"\n\n{persona.examples}" if keep_examples else "")
+        messages = [Message("system", system)]
+        for turn in list(history)[len(history) - kept :] + [new]:
+            content = turn.content if turn.role == "assistant" else speaker_text(turn.content, turn.speaker)
+            messages.append(Message(turn.role, content))  # type: ignore[arg-type]
+        return BuiltPrompt(Prompt(messages=tuple(messages)), kept, len(history), keep_examples, used)
+
+    def _turn_cost(self, turn: Turn) -> int:
+        return self.count(speaker_text(turn.content, turn.speaker)) + MESSAGE_OVERHEAD
+
+    # --- DialoGPT-style models: turns joined by EOS, no persona (the model cannot take one) ------------
+    def _dialogpt(self, history: Sequence[Turn], new: Turn) -> BuiltPrompt:
+        eos_cost = 1
+        used = self.count(new.content) + eos_cost
+        kept = 0
+        for turn in reversed(history):
+            c = self.count(turn.content) + eos_cost
+            if used + c > self.budget:
+                break
+            used += c
+            kept += 1
+        turns = list(history)[len(history) - kept :] + [new]
+        text = "".join(t.content + self.eos for t in turns)
+        return BuiltPrompt(Prompt(text=text), kept, len(history), False, used)

@@ -1,0 +1,108 @@
+"""Shared fixtures. `ScriptedBackend` is the mock model: it answers from a script and records prompts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from charbot.backends.base import Backend, Capabilities, Completion, Prompt
+from charbot.errors import BackendError
+from charbot.factory import sample_card_path
+from charbot.generation import GenerationSettings
+from charbot.memory import MemoryStore
+from charbot.persona import load_card
+
+
+class ScriptedBackend(Backend):
+    """Replies come from `replies` in order (the last repeats), or from `respond(prompt)` when given.
+
+    Every prompt is kept in `prompts`, so tests can assert on exactly what the model was shown.
+    `fail_next` makes the next N calls raise BackendError; `delay` makes generation take that long.
+    """
+
+    name = "scripted"
+    capabilities = Capabilities(chat=True, raw_text=True, streaming=True, exact_tokens=False)
+
+    def __init__(self, replies: list[str] | None = None, respond: Callable[[Prompt], str] | None = None, *, context_window: int = 2048, delay: float = 0.0):
+        self.replies = list(replies or ["Aye, sprat."])
+        self.respond = respond
+        self.context_window = context_window
+        self.model_id = "scripted"
+        self.eos_token = "<eos>"
+        self.delay = delay
+        self.prompts: list[Prompt] = []
+        self.settings: list[GenerationSettings] = []
+        self.fail_next = 0
+        self.calls = 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def _next(self, prompt: Prompt) -> str:
+        self.calls += 1
+        if self.fail_next:
+            self.fail_next -= 1
+            raise BackendError("scripted failure")
+        self.prompts.append(prompt)
+        if self.respond is not None:
+            return self.respond(prompt)
+        return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+
+    async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
+        self.settings.append(settings)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        text = self._next(prompt)
+        return Completion(text, len(text.split()))
+
+    async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str]:
+        self.settings.append(settings)
+        text = self._next(prompt)
+        for word in text.split(" "):
+            if self.delay:
+                await asyncio.sleep(self.delay / 10)
+            yield word + " "
+
+
+@pytest.fixture
+def sample_card():
+    return load_card(sample_card_path())
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = MemoryStore(tmp_path / "memory.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def scripted() -> ScriptedBackend:
+    return ScriptedBackend()
+
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    """No user config leaks into tests: settings come only from what the test sets."""
+    monkeypatch.chdir(tmp_path)
+    for key in list(__import__("os").environ):
+        if key.startswith("CHARBOT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("CHARBOT_DB_PATH", str(tmp_path / "memory.db"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """A real llama.cpp OpenAI-compatible server on 127.0.0.1 serving the embedded model (tests/llama_server.py)."""
+    from llama_server import missing_server_deps, running_server
+
+    missing = missing_server_deps()
+    if missing:
+        pytest.skip(f"llama_cpp.server needs {', '.join(missing)}: pip install fastapi uvicorn sse-starlette 'starlette-context<0.4'")
+    with running_server() as server:
+        yield server

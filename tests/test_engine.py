@@ -1,0 +1,108 @@
+import asyncio
+
+from conftest import ScriptedBackend
+
+from charbot.engine import Engine
+from charbot.memory import MemoryStore
+from charbot.persona import CharacterCard
+
+
+def make(backend, store, card, **kw):
+    return Engine(backend, store, card, **kw)
+
+
+async def test_reply_is_cleaned_and_remembered(scripted, store, sample_card):
+    scripted.replies = ["Orla: Kettle's on, sprat.\nUser: thanks"]
+    engine = make(scripted, store, sample_card)
+    reply = await engine.reply("c", "Hello")
+    assert reply.text == "Kettle's on, sprat." and reply.persona == "Orla" and not reply.fallback
+    assert [(t.role, t.content) for t in store.history("c")] == [("user", "Hello"), ("assistant", "Kettle's on, sprat.")]
+    # stop strings name both sides so the model cannot write the user's next line
+    assert "\nUser:" in scripted.settings[-1].stop and "\nOrla:" in scripted.settings[-1].stop
+
+
+async def test_conversation_survives_restart(tmp_path, sample_card):
+    path = tmp_path / "memory.db"
+    first = ScriptedBackend(["Aye, I remember the storm of '09."])
+    engine = make(first, MemoryStore(path), sample_card)
+    await engine.reply("chan", "Tell me about the big storm", speaker="Sam")
+    engine.store.close()
+
+    # a new process: new store object on the same file, new backend
+    second = ScriptedBackend(["It took the pier."])
+    engine = make(second, MemoryStore(path), sample_card)
+    await engine.reply("chan", "What did it break?", speaker="Sam")
+    contents = [m.content for m in second.prompts[0].messages]
+    assert "Sam: Tell me about the big storm" in contents
+    assert "Aye, I remember the storm of '09." in contents
+    assert contents[-1] == "Sam: What did it break?"
+    engine.store.close()
+
+
+async def test_never_empty_never_echo(store, sample_card):
+    backend = ScriptedBackend(["", "Hello there", "   "])
+    engine = make(backend, store, sample_card, fallback_reply="*Orla sips her tea.*")
+    reply = await engine.reply("c", "Hello there")
+    assert reply.fallback and reply.text == "*Orla sips her tea.*"
+    assert backend.calls == 3  # first try plus two retries
+
+    backend = ScriptedBackend(["hello there!", "Ahoy yourself."])
+    engine = make(backend, store, sample_card)
+    reply = await engine.reply("d", "Hello there")
+    assert reply.text == "Ahoy yourself." and not reply.fallback
+
+
+async def test_truncated_reply_ends_at_a_sentence(store, sample_card):
+    backend = ScriptedBackend(["Batten down the hatches, sprat. The gulls have gone very qu"])
+    engine = make(backend, store, sample_card)
+    engine.settings = engine.settings.__class__(max_new_tokens=8)
+    reply = await engine.reply("c", "Storm?")
+    assert reply.text == "Batten down the hatches, sprat."
+
+
+async def test_turns_of_one_conversation_stay_in_order(store, sample_card):
+    backend = ScriptedBackend(respond=lambda p: "re: " + p.messages[-1].content, delay=0.01)
+    engine = make(backend, store, sample_card)
+    await asyncio.gather(*(engine.reply("c", f"message {i}") for i in range(6)))
+    history = store.history("c")
+    assert [t.content for t in history if t.role == "user"] == [f"message {i}" for i in range(6)]
+    # each reply was generated with all earlier exchanges in the prompt
+    assert [len(p.messages) for p in backend.prompts] == [2, 4, 6, 8, 10, 12]
+
+
+async def test_streaming_updates_are_growing_snapshots(store, sample_card):
+    backend = ScriptedBackend(["Mind the ninth step, it bites."])
+    engine = make(backend, store, sample_card)
+    seen = []
+    reply = await engine.reply("c", "Hi", on_update=seen.append)
+    assert seen and seen[-1] == reply.text == "Mind the ninth step, it bites."
+    assert all(b.startswith(a) for a, b in zip(seen, seen[1:]))
+
+
+async def test_reset_and_persona_switch(store, sample_card):
+    bob = CharacterCard.model_validate({"data": {"name": "Bob", "description": "A baker."}})
+    backend = ScriptedBackend(["Bread."])
+    engine = make(backend, store, sample_card, personas={"Bob": bob})
+    await engine.reply("c", "hi")
+    assert engine.reset("c") == 2
+    engine.set_persona("c", "bob")
+    reply = await engine.reply("c", "who are you?")
+    assert reply.persona == "Bob"
+    assert "You are Bob" in backend.prompts[-1].messages[0].content
+    assert engine.persona_for("other").name == "Orla"
+
+
+async def test_dialogpt_prompts_join_turns_with_eos(store, sample_card):
+    backend = ScriptedBackend(["Hey.", "Sure."])
+    engine = make(backend, store, sample_card, prompt_format="dialogpt")
+    await engine.reply("c", "hi")
+    await engine.reply("c", "ok?")
+    assert backend.prompts[-1].text == "hi<eos>Hey.<eos>ok?<eos>"
+
+
+async def test_warm_up_loads_and_generates_once(store, sample_card):
+    backend = ScriptedBackend(["x"])
+    engine = make(backend, store, sample_card)
+    await engine.warm_up()
+    assert backend.ready and backend.calls == 1
+    assert store.count_messages() == 0  # the warm-up is not a conversation
