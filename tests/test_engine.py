@@ -67,7 +67,7 @@ async def test_turns_of_one_conversation_stay_in_order(store, sample_card):
     history = store.history("c")
     assert [t.content for t in history if t.role == "user"] == [f"message {i}" for i in range(6)]
     # each reply was generated with all earlier exchanges in the prompt
-    assert [len(p.messages) for p in backend.prompts] == [2, 4, 6, 8, 10, 12]
+    assert [len(p.messages) for p in backend.prompts] == [3, 5, 7, 9, 11, 13]  # system, greeting, turns
 
 
 async def test_streaming_updates_are_growing_snapshots(store, sample_card):

@@ -22,8 +22,9 @@ def test_everything_fits(sample_card):
     built = builder(4096).build(render(sample_card, "Sam"), history(3), "and now?", "Sam")
     msgs = built.prompt.messages
     assert msgs[0].role == "system" and "Example of how Orla talks" in msgs[0].content
-    assert [m.role for m in msgs[1:]] == ["user", "assistant"] * 3 + ["user"]
-    assert msgs[1].content == "Sam: question number 0"  # speakers named so users can be told apart
+    assert msgs[1].role == "assistant" and msgs[1].content.startswith("Mind the ninth step")  # the greeting
+    assert [m.role for m in msgs[2:]] == ["user", "assistant"] * 3 + ["user"]
+    assert msgs[2].content == "Sam: question number 0"  # speakers named so users can be told apart
     assert msgs[-1].content == "Sam: and now?"
     assert built.examples_kept and built.turns_kept == 6
 
@@ -38,6 +39,7 @@ def test_examples_dropped_before_turns(sample_card):
     assert not built.examples_kept
     assert built.turns_kept == 6
     assert "Example of how" not in built.prompt.messages[0].content
+    assert built.prompt.messages[1].content == "Sam: question number 0"  # greeting dropped with the examples
     assert examples_cost > 1
 
 

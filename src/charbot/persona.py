@@ -135,6 +135,7 @@ class RenderedPersona:
     system: str
     examples: str
     post_history: str
+    greeting: str = ""  # first_mes: opens the conversation, as in SillyTavern
 
 
 def render(card: CharacterCard, user: str) -> RenderedPersona:
@@ -160,4 +161,6 @@ def render(card: CharacterCard, user: str) -> RenderedPersona:
     examples = ""
     if lines:
         examples = "Example of how " + char + " talks:\n" + "\n".join(lines).strip()
-    return RenderedPersona(char, system, examples, substitute(d.post_history_instructions, char, user).strip())
+    return RenderedPersona(
+        char, system, examples, substitute(d.post_history_instructions, char, user).strip(), substitute(d.first_mes, char, user).strip()
+    )

@@ -56,9 +56,12 @@ class PromptBuilder:
         system_core = persona.system + (f"\n{persona.post_history}" if persona.post_history else "")
         cost = [self._turn_cost(t) for t in history]
         fixed = self.count(system_core) + MESSAGE_OVERHEAD + self._turn_cost(new) + MESSAGE_OVERHEAD
-        examples_cost = self.count(persona.examples) + 2 if persona.examples else 0
-
-        keep_examples = bool(persona.examples) and fixed + examples_cost + sum(cost) <= self.budget
+        # example dialogue and the greeting show the character's voice; they are the first to go
+        examples_cost = (self.count(persona.examples) + 2 if persona.examples else 0) + (
+            self.count(persona.greeting) + MESSAGE_OVERHEAD if persona.greeting else 0
+        )
+        has_examples = bool(persona.examples or persona.greeting)
+        keep_examples = has_examples and fixed + examples_cost + sum(cost) <= self.budget
         used = fixed + (examples_cost if keep_examples else 0)
         kept = 0
         for c in reversed(cost):  # newest first
@@ -66,8 +69,10 @@ class PromptBuilder:
                 break
             used += c
             kept += 1
-        system = system_core + (f"\n\n{persona.examples}" if keep_examples else "")
+        system = system_core + (f"\n\n{persona.examples}" if keep_examples and persona.examples else "")
         messages = [Message("system", system)]
+        if keep_examples and persona.greeting:
+            messages.append(Message("assistant", persona.greeting))
         for turn in list(history)[len(history) - kept :] + [new]:
             content = turn.content if turn.role == "assistant" else speaker_text(turn.content, turn.speaker)
             messages.append(Message(turn.role, content))  # type: ignore[arg-type]
