@@ -1,0 +1,58 @@
+"""`charbot prepare SCRIPT --character NAME`: training data and a persona card from a script export."""
+
+from __future__ import annotations
+
+import click
+
+from charbot.prepare.errors import ScriptError
+
+
+def _number(script: str, value: str, flag: str, kind):
+    try:
+        return kind(value)
+    except ValueError:
+        raise ScriptError(script, f"{flag} {value!r} is not a {'whole number' if kind is int else 'number'}", f"pass a number to {flag}") from None
+
+
+@click.command("prepare")
+@click.argument("script", required=False)
+@click.option("--character", "-c", help="Speaker to model, as named in the script (case-insensitive).")
+@click.option("--out", "-o", help="Output directory (default ./out/<character>).")
+@click.option("--context", default="7", show_default=True, help="Lines before each reply to include (never across episodes).")
+@click.option("--alias", multiple=True, metavar="VARIANT=NAME", help='Merge speaker spellings, e.g. --alias "Pickle Rick=Rick" (repeatable).')
+@click.option("--speaker-col", help="Speaker column name or 1-based number (default: detected).")
+@click.option("--line-col", help="Dialogue column name or 1-based number (default: detected).")
+@click.option("--episode-col", help="Episode/scene column name or number (default: detected; none = one episode).")
+@click.option("--val-fraction", default="0.1", show_default=True, help="Share of episodes held out for validation.")
+@click.option("--wide-csv", is_flag=True, help="Also write the tutorial's wide table (response, context, context/0…).")
+@click.option("--force", is_flag=True, help="Redraft persona.json even if it exists (it is kept by default).")
+@click.option("--kaggle", metavar="OWNER/DATASET[/FILE]", help="Download the script from Kaggle (needs Kaggle credentials).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+def prepare(script, character, out, context, alias, speaker_col, line_col, episode_col, val_fraction, wide_csv, force, kaggle, quiet):
+    """Turn a script (CSV/TSV/R export: who said what) into train/val JSONL and a persona card for one character."""
+    from rich.console import Console
+
+    from charbot.prepare import prepare as run_prepare
+
+    if not character:
+        raise ScriptError(script or "SCRIPT", "--character is missing", "name the speaker to model, e.g. --character Rick")
+    if kaggle:
+        if script:
+            raise ScriptError("--kaggle", "given together with a SCRIPT path", "pass either a local SCRIPT or --kaggle, not both")
+        from charbot.prepare.kaggle import download
+
+        script = str(download(kaggle))
+    if not script:
+        raise ScriptError("SCRIPT", "missing", "pass the script file (CSV/TSV), e.g. charbot prepare script.csv --character Rick")
+    result = run_prepare(
+        script, character, out,
+        context=_number(script, context, "--context", int), aliases=alias,
+        speaker_col=speaker_col, line_col=line_col, episode_col=episode_col,
+        val_fraction=_number(script, val_fraction, "--val-fraction", float), wide_csv=wide_csv, force=force,
+        show_progress=not quiet,
+    )
+    if not quiet:
+        console = Console()
+        console.print(result.report.table())
+        for name, path in sorted(result.files.items()):
+            console.print(f"  [green]wrote[/green] {path}" if name != "persona.json" or "drafted" in result.report.card else f"  [yellow]kept[/yellow]  {path}")

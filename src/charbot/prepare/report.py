@@ -1,0 +1,79 @@
+"""What `prepare` did, as numbers: written to report.json and shown as a rich table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class PrepareReport:
+    source: str
+    format: str = ""
+    columns: str = ""
+    character: str = ""
+    rows_read: int = 0
+    rows_kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    text_repaired: int = 0  # cells whose mojibake was fixed
+    directions_removed: int = 0  # lines that had a (stage direction) taken out
+    speakers: int = 0
+    top_speakers: list[tuple[str, int]] = field(default_factory=list)
+    episodes: int = 0
+    character_rows_raw: int = 0  # rows credited to the character before cleaning dropped any
+    character_lines: int = 0
+    character_episodes: int = 0
+    examples: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    skipped: dict[str, int] = field(default_factory=dict)
+    episodes_split: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    val_episodes: list[str] = field(default_factory=list)
+    words: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    context: int = 7
+    val_fraction: float = 0.1
+    card: str = ""
+    notes: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def approx_tokens(self) -> dict[str, int]:
+        # English dialogue runs about 1.3 BPE tokens per whitespace word; a cheap, tokenizer-free estimate.
+        return {k: round(v * 1.3) for k, v in self.words.items()}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["approx_tokens"] = self.approx_tokens
+        d["top_speakers"] = [{"name": n, "lines": c} for n, c in self.top_speakers]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n"
+
+    def table(self):
+        from rich.table import Table
+
+        t = Table(title=f"charbot prepare: {self.character}", show_header=False, title_justify="left")
+        t.add_column("what", style="bold")
+        t.add_column("value")
+        t.add_row("source", f"{self.source} ({self.format})")
+        t.add_row("columns", self.columns)
+        t.add_row("rows read", f"{self.rows_read:,}")
+        t.add_row("rows kept", f"{self.rows_kept:,}")
+        for reason, n in sorted(self.dropped.items()):
+            t.add_row(f"  dropped: {reason}", f"{n:,}")
+        if self.text_repaired:
+            t.add_row("mojibake repaired", f"{self.text_repaired:,} cells")
+        if self.directions_removed:
+            t.add_row("stage directions removed", f"{self.directions_removed:,} lines")
+        t.add_row("speakers / episodes", f"{self.speakers:,} / {self.episodes:,}")
+        t.add_row("top speakers", ", ".join(f"{n} ({c:,})" for n, c in self.top_speakers[:6]))
+        t.add_row(f"{self.character}'s lines", f"{self.character_lines:,} kept of {self.character_rows_raw:,} rows, in {self.character_episodes:,} episodes")
+        ex = self.examples
+        t.add_row("examples", f"train {ex['train']:,} ({self.episodes_split['train']} ep) / val {ex['val']:,} ({self.episodes_split['val']} ep)")
+        for reason, n in sorted(self.skipped.items()):
+            t.add_row(f"  skipped: {reason}", f"{n:,}")
+        tok = self.approx_tokens
+        t.add_row("tokens (≈1.3×words)", f"train {tok['train']:,} / val {tok['val']:,}")
+        t.add_row("persona card", self.card)
+        for note in self.notes:
+            t.add_row("note", note)
+        return t

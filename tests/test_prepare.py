@@ -1,0 +1,263 @@
+"""`charbot prepare` on the shipped sample script and on small files in the shapes real exports come in."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from charbot.factory import sample_script_path
+from charbot.persona import example_dialogues, load_card
+from charbot.prepare import ScriptError, prepare
+from charbot.prepare.clean import clean_line, normalize_speaker, parse_aliases
+from charbot.prepare.readers import iter_rows, open_script
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def sample_rows() -> list[tuple[str, str, str]]:
+    with sample_script_path().open(encoding="utf-8", newline="") as fh:
+        return [(r["episode"], normalize_speaker(r["name"]), clean_line(r["line"])) for r in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def orla(tmp_path_factory):
+    out = tmp_path_factory.mktemp("orla")
+    return prepare(sample_script_path(), "Orla", out, wide_csv=True)
+
+
+def test_sample_script_is_original_mini_series():
+    rows = sample_rows()
+    assert len(rows) >= 170
+    assert len({e for e, _, _ in rows}) == 4
+    assert {s for _, s, _ in rows} == {"Orla", "Pip", "Dr. Hollis", "Mayor Grubb", "Tamsin"}
+
+
+def test_orla_variants_merge_and_directions_go(orla):
+    rep = orla.report
+    assert rep.character == "Orla"
+    assert rep.character_rows_raw == rep.character_lines == 84  # includes the "ORLA " row
+    assert rep.directions_removed >= 2
+    for split in ("train", "val"):
+        for rec in read_jsonl(orla.out_dir / f"{split}.jsonl"):
+            for m in rec["messages"]:
+                assert "(sighs)" not in m["content"] and "(groans)" not in m["content"]
+
+
+def test_examples_never_cross_episodes(orla):
+    by_episode: dict[str, set[str]] = {}
+    for episode, speaker, text in sample_rows():
+        by_episode.setdefault(episode, set()).update({f"{speaker}: {text}", text})
+    records = read_jsonl(orla.out_dir / "train.jsonl") + read_jsonl(orla.out_dir / "val.jsonl")
+    assert len(records) == orla.report.examples["train"] + orla.report.examples["val"] > 60
+    for rec in records:
+        own = by_episode[rec["episode"]]
+        for m in rec["messages"][1:]:
+            for part in m["content"].split("\n"):
+                assert part in own, f"{part!r} is not from episode {rec['episode']!r}"
+
+
+def test_messages_alternate_and_end_with_the_line(orla):
+    for rec in read_jsonl(orla.out_dir / "train.jsonl"):
+        roles = [m["role"] for m in rec["messages"]]
+        assert roles[0] == "system" and roles[1] == "user" and roles[-1] == "assistant"
+        assert all(a != b for a, b in zip(roles[1:], roles[2:]))
+        assert rec["speaker"] == "Orla"
+        assert "You are Orla" in rec["messages"][0]["content"]
+        assert len(roles) - 1 <= 7 + 1  # at most --context lines before the reply
+
+
+def test_context_window_is_respected(tmp_path):
+    res = prepare(sample_script_path(), "Orla", tmp_path / "o", context=1)
+    for rec in read_jsonl(tmp_path / "o" / "train.jsonl"):
+        assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant"]
+    assert res.report.context == 1
+
+
+def test_split_by_episode_is_deterministic_and_disjoint(orla, tmp_path):
+    again = prepare(sample_script_path(), "Orla", tmp_path / "again", wide_csv=True)
+    for name in ("train.jsonl", "val.jsonl"):
+        assert (orla.out_dir / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    train = {r["episode"] for r in read_jsonl(orla.out_dir / "train.jsonl")}
+    val = {r["episode"] for r in read_jsonl(orla.out_dir / "val.jsonl")}
+    assert train and val and not train & val
+    assert len(train | val) == 4
+
+
+def test_both_splits_non_empty_even_with_tiny_fraction(tmp_path):
+    res = prepare(sample_script_path(), "Orla", tmp_path / "o", val_fraction=0.0001)
+    assert res.report.examples["val"] > 0 and res.report.examples["train"] > 0
+    res = prepare(sample_script_path(), "Orla", tmp_path / "z", val_fraction=0.0)
+    assert res.report.examples["val"] == 0
+
+
+def test_card_is_valid_and_built_from_real_lines(orla):
+    card = load_card(orla.out_dir / "persona.json")
+    assert card.name == "Orla"
+    real = {text for _, _, text in sample_rows()}
+    assert card.data.first_mes in real
+    blocks = example_dialogues(card)
+    assert len(blocks) == 3
+    for block in blocks:
+        assert [t.speaker for t in block] == ["{{user}}", "{{char}}"]
+        assert block[0].text in real and block[1].text in real
+    assert "174 rows read" in card.data.creator_notes
+
+
+def test_existing_card_is_kept_unless_force(orla, tmp_path):
+    out = tmp_path / "o"
+    prepare(sample_script_path(), "Orla", out)
+    card = json.loads((out / "persona.json").read_text())
+    card["data"]["description"] = "Edited by hand."
+    (out / "persona.json").write_text(json.dumps(card))
+    res = prepare(sample_script_path(), "Orla", out)
+    assert load_card(out / "persona.json").data.description == "Edited by hand."
+    assert "Edited by hand." in read_jsonl(out / "train.jsonl")[0]["messages"][0]["content"]
+    assert "kept" in res.report.card
+    prepare(sample_script_path(), "Orla", out, force=True)
+    assert load_card(out / "persona.json").data.description != "Edited by hand."
+
+
+def test_report_json_and_wide_csv(orla):
+    report = json.loads((orla.out_dir / "report.json").read_text())
+    assert report["rows_read"] == 174 and report["character_lines"] == 84
+    assert report["top_speakers"][0] == {"name": "Orla", "lines": 84}
+    assert report["approx_tokens"]["train"] > 0
+    with (orla.out_dir / "wide.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["response", "context", *(f"context/{i}" for i in range(6))]
+    assert len(rows) - 1 == report["examples"]["train"] + report["examples"]["val"]
+    assert not list(orla.out_dir.glob(".*tmp"))
+
+
+def test_alias_merges_speakers(tmp_path):
+    script = tmp_path / "s.csv"
+    script.write_text("episode,name,line\n1,Pip,Hello there.\n1,Cap'n Orla,Aye.\n1,Pip,Tea?\n1,Orla,Always.\n", encoding="utf-8")
+    res = prepare(script, "Orla", tmp_path / "o", aliases=["Cap'n Orla=Orla"])
+    assert res.report.character_lines == 2 and res.report.examples["train"] + res.report.examples["val"] == 2
+    res = prepare(script, "Orla", tmp_path / "o2")
+    assert res.report.character_lines == 1
+
+
+def test_parse_aliases_chains_and_case():
+    assert parse_aliases(["pickle rick=Rick Sanchez", "Rick Sanchez=Rick"]) == {"pickle rick": "Rick", "rick sanchez": "Rick"}
+
+
+def test_speaker_normalisation():
+    assert normalize_speaker("  FRODO ") == normalize_speaker("\xa0FRODO") == normalize_speaker("(FRODO") == "Frodo"
+    assert normalize_speaker("DR. HOLLIS") == "Dr. Hollis"
+    assert clean_line("(He sighs.) Fine. [beat] Go.") == "Fine. Go."
+    assert clean_line("SeÃ±or Burns") == "Señor Burns"
+
+
+def test_r_write_table_with_escaped_quote_crlf(tmp_path):
+    script = tmp_path / "sw.txt"
+    script.write_bytes(
+        b'"character" "dialogue"\r\n"1" "LUKE" "Hurry up!"\r\n"2" "HAN" "He said \\"no\\", kid."\r\n"3" "LUKE" "Fine."'
+    )
+    src = open_script(script)
+    rows = list(iter_rows(src))
+    assert [(r.speaker, r.text) for r in rows] == [("LUKE", "Hurry up!"), ("HAN", 'He said "no", kid.'), ("LUKE", "Fine.")]
+    res = prepare(script, "luke", tmp_path / "o")
+    assert res.report.examples == {"train": 1, "val": 0}  # one episode: everything trains
+
+
+def test_tsv_bom_and_cp1252(tmp_path):
+    tsv = tmp_path / "s.tsv"
+    tsv.write_bytes("\ufeffcharacter\tdialogue\r\nAnn\tHi, you.\r\nBo\tHey.\r\n".encode("utf-8"))
+    assert [(r.speaker, r.text) for r in iter_rows(open_script(tsv))] == [("Ann", "Hi, you."), ("Bo", "Hey.")]
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_bytes("speaker,line_text\nJosé,\u201cCafé\u201d please\nAnn,Sí\n".encode("cp1252"))
+    src = open_script(legacy)
+    assert src.dialect.encoding == "cp1252"
+    assert [r.text for r in iter_rows(src)] == ["\u201cCafé\u201d please", "Sí"]
+
+
+def test_kaggle_shapes_detected(tmp_path):
+    shapes = {
+        "char,dialog,movie": ("char", "dialog", ("movie",)),
+        "raw_character_text,spoken_words": ("raw_character_text", "spoken_words", ()),
+        "index,season no.,episode no.,episode name,name,line": ("name", "line", ("season no.", "episode name")),
+        "Speaker,Line_Text,Scene": ("Speaker", "Line_Text", ("Scene",)),
+    }
+    for header, (spk, line, ep) in shapes.items():
+        f = tmp_path / "h.csv"
+        width = header.count(",") + 1
+        f.write_text(header + "\n" + ",".join(["x"] * width) + "\n")
+        cols = open_script(f).columns
+        assert (cols.names[cols.speaker], cols.names[cols.line]) == (spk, line)
+        assert tuple(cols.names[i] for i in cols.episode) == ep
+
+
+def test_explicit_columns(tmp_path):
+    f = tmp_path / "odd.csv"
+    f.write_text("who_said,what,ep\nAnn,Hello.,1\nBo,Hi Ann.,1\n")
+    res = prepare(f, "Bo", tmp_path / "o", speaker_col="who_said", line_col="2", episode_col="ep")
+    assert res.report.examples["train"] + res.report.examples["val"] == 1
+
+
+def test_unknown_character_suggests_close_name(tmp_path):
+    with pytest.raises(ScriptError, match=r"no speaker 'Orlaa'; did you mean Orla \(84 lines\)\?"):
+        prepare(sample_script_path(), "Orlaa", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_rows_split_scenes_without_episode_column(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text("raw_character_text,dialogue\nAnn,Hello.\nBo,Hi.\n,\nBo,New scene.\nAnn,Yes.\n")
+    res = prepare(f, "Bo", tmp_path / "o", val_fraction=0)
+    assert res.report.dropped == {"empty row": 1}
+    assert res.report.examples["train"] == 1  # "New scene." opens a scene: nothing before it to answer
+    assert res.report.skipped
+
+
+def test_kaggle_without_credentials_says_what_to_set(monkeypatch, tmp_path):
+    from charbot.prepare.kaggle import download
+
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ScriptError, match="KAGGLE_USERNAME and KAGGLE_KEY.*kaggle.json"):
+        download("andradaolteanu/rickmorty-scripts")
+
+
+def test_mojibake_repaired_and_counted(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text("raw_character_text,dialogue\nBurns,Leave.\nBart,\"Farewell, SeÃ±or Burns!\"\nMICHAEL,Hi.\nMichael,Bye.\nBart,Ok.\n", encoding="utf-8")
+    res = prepare(f, "Bart", tmp_path / "o", val_fraction=0)
+    assert res.report.text_repaired == 1
+    assert dict(res.report.top_speakers)["Michael"] == 2
+    text = (tmp_path / "o" / "train.jsonl").read_text(encoding="utf-8")
+    assert "Farewell, Señor Burns!" in text and "Ã" not in text
+
+
+def test_progress_bar_path_runs(tmp_path, monkeypatch):
+    from charbot.prepare import pipeline
+
+    monkeypatch.setattr(pipeline, "PROGRESS_MIN_BYTES", 0)
+    res = prepare(sample_script_path(), "Orla", tmp_path / "o", show_progress=True)
+    assert res.report.rows_read == 174
+
+
+def test_cli_writes_outputs_and_summary(tmp_path):
+    from click.testing import CliRunner
+
+    from charbot.cli import cli
+
+    result = CliRunner().invoke(cli, ["prepare", str(sample_script_path()), "-c", "orla", "--out", str(tmp_path / "o"), "--wide-csv"])
+    assert result.exit_code == 0, result.output
+    assert "Orla's lines" in result.output and "84 kept of 84 rows" in result.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["persona.json", "report.json", "train.jsonl", "val.jsonl", "wide.csv"]
+
+
+def test_prepare_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, charbot.prepare, charbot.cli.prepare; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == ["False", "False"]
