@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     )
     context_window: int = Field(2048, ge=128, le=1_048_576, description="Tokens of context the model is run with.")
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads for local backends (default: all).")
+    parallel: int = Field(
+        1, ge=1, le=64, description="llama.cpp: conversations decoded together (continuous batching); 1: one at a time."
+    )
     device: str = Field("auto", description="transformers backend: cpu, cuda, cuda:N or auto.")
 
     # --- persona and memory ------------------------------------------------------------------------

@@ -38,6 +38,12 @@ def create_backend(settings) -> Backend:
     if name == "auto":
         name = guess_backend(settings.model, settings.base_url)
     cls = backend_class(name)
+    if name == "llamacpp" and settings.parallel > 1:
+        from charbot.backends.llamacpp_batched import LlamaCppBatchedBackend
+
+        return LlamaCppBatchedBackend(
+            settings.model or embedded_model_path(), context_window=settings.context_window, threads=settings.threads, parallel=settings.parallel
+        )
     if name == "llamacpp":
         return cls(settings.model or embedded_model_path(), context_window=settings.context_window, threads=settings.threads, seed=settings.seed)
     if name == "transformers":
