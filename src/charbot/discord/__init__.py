@@ -1,0 +1,1 @@
+"""The Discord transport: a discord.py bot whose cogs call the engine."""

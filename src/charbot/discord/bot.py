@@ -1,0 +1,141 @@
+"""The bot: a discord.py AutoShardedBot holding the engine, the load limits and the metrics. The cogs in
+`cogs/` are thin: they turn Discord events into engine calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import discord
+import yarl
+from discord.ext import commands
+
+from charbot.config import Settings
+from charbot.discord import endpoints
+from charbot.discord.commandsync import sync_if_changed
+from charbot.discord.limits import Cooldown, Gate
+from charbot.discord.metrics import Metrics
+from charbot.discord.policy import Rules
+from charbot.discord.replying import no_pings
+from charbot.engine import Engine
+from charbot.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class CharBot(commands.AutoShardedBot):
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        message_content: bool = True,
+        guild_ready_timeout: float = 2.0,
+        identify_delay: float = 5.0,
+        sync_commands: bool = True,
+    ):
+        if settings.discord_shard_ids and settings.discord_shard_count is None:
+            raise ConfigError("discord_shard_ids is set without discord_shard_count", "set CHARBOT_DISCORD_SHARD_COUNT too")
+        intents = discord.Intents.default()
+        # Privileged: without it Discord blanks guild message text unless the bot is mentioned.
+        intents.message_content = message_content
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            intents=intents,
+            allowed_mentions=no_pings(settings.discord_ping_author),
+            shard_count=settings.discord_shard_count,
+            shard_ids=settings.discord_shard_ids,
+            guild_ready_timeout=guild_ready_timeout,
+            chunk_guilds_at_startup=False,
+            max_messages=1000,
+        )
+        self.engine = engine
+        self.settings = settings
+        self.rules = Rules.from_settings(settings)
+        self.cooldown = Cooldown(settings.discord_cooldown_seconds)
+        self.gate = Gate(settings.discord_max_inflight, settings.discord_max_queue)
+        self.metrics = Metrics()
+        self.metrics.queue_depth.set_function(lambda: self.gate.depth)
+        self.metrics.gateway_latency.set_function(lambda: self.latency if math.isfinite(self.latency) else 0.0)
+        self.identify_delay = identify_delay
+        self.sync_commands = sync_commands
+        self.commands_synced: bool | None = None
+        self.started_at = time.time()
+        self._gateway: yarl.URL | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def login(self, token: str) -> None:
+        self._gateway = endpoints.apply(self.settings.discord_api_url, self.settings.discord_gateway_url)
+        await super().login(token)
+
+    async def setup_hook(self) -> None:
+        # The model is loaded and warmed before the gateway connects: the bot never shows online
+        # while the first reply would still pay for loading.
+        await self.engine.warm_up()
+        from charbot.discord.cogs.admin import AdminCog
+        from charbot.discord.cogs.chat import ChatCog
+
+        await self.add_cog(ChatCog(self))
+        await self.add_cog(AdminCog(self))
+        if self.sync_commands:
+            self.commands_synced = await sync_if_changed(self.tree, self.application_id, self.command_hash_path())
+        log.info("model ready (%s)", self.engine.backend.describe())
+
+    def command_hash_path(self) -> Path:
+        return self.settings.resolved_db_path().parent / f"discord-commands-{self.application_id}.sha256"
+
+    async def launch_shards(self) -> None:
+        if self._gateway is None:
+            return await super().launch_shards()
+        # A configured gateway wins over the URL /gateway/bot returns (a gateway proxy fronts all shards).
+        if self.shard_count is None:
+            self.shard_count, _, _ = await self.http.get_bot_gateway()
+        self._connection.shard_count = self.shard_count
+        shard_ids = self.shard_ids or range(self.shard_count)
+        self._connection.shard_ids = shard_ids
+        for shard_id in shard_ids:
+            await self.launch_shard(self._gateway, shard_id, initial=shard_id == shard_ids[0])
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        # Discord allows one IDENTIFY per 5 s per bucket; discord.py waits that long before re-identifying.
+        if not initial and self.identify_delay:
+            await asyncio.sleep(self.identify_delay)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            endpoints.restore()
+
+    async def on_ready(self) -> None:
+        from charbot.discord.invite import invite_url
+
+        log.warning("online as %s in %d servers; invite: %s", self.user, len(self.guilds), invite_url(self.application_id))
+
+    async def on_message(self, message: discord.Message) -> None:
+        pass  # no prefix commands; the chat cog answers messages
+
+    # --- health ----------------------------------------------------------------------------------
+    def gateway_connected(self) -> bool:
+        return self.is_ready() and not self.is_closed() and bool(self.shards) and all(not s.is_closed() for s in self.shards.values())
+
+    def status(self) -> dict[str, Any]:
+        connected = self.gateway_connected()
+        backend_ready = bool(self.engine.backend.ready)
+        latency = self.latency
+        return {
+            "ready": connected and backend_ready,
+            "gateway_connected": connected,
+            "backend_ready": backend_ready,
+            "latency_seconds": round(latency, 4) if math.isfinite(latency) else None,
+            "queue_depth": self.gate.depth,
+            "inflight": self.gate.inflight,
+            "shards": sorted(self.shards) if self.is_ready() else [],
+            "guilds": len(self.guilds),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }

@@ -1,0 +1,1 @@
+"""Thin cogs: Discord events in, engine calls out."""

@@ -1,0 +1,90 @@
+"""Slash commands: /reset, /persona, /ask."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from charbot.discord.policy import conversation_id
+from charbot.discord.replying import no_pings
+from charbot.discord.split import split_message
+from charbot.errors import BackendError, BusyError
+
+if TYPE_CHECKING:
+    from charbot.discord.bot import CharBot
+
+log = logging.getLogger(__name__)
+
+
+class AdminCog(commands.Cog):
+    def __init__(self, bot: "CharBot"):
+        self.bot = bot
+
+    @property
+    def engine(self):
+        return self.bot.engine
+
+    @app_commands.command(name="reset", description="Forget this channel's conversation.")
+    async def reset(self, interaction: discord.Interaction) -> None:
+        forgotten = self.engine.reset(conversation_id(interaction.channel_id))
+        self.bot.metrics.replies.labels("reset").inc()
+        await interaction.response.send_message(f"Forgot {forgotten} messages. Fresh start.")
+
+    @app_commands.command(name="persona", description="Show the characters, or switch this channel's character.")
+    @app_commands.describe(name="Character to switch to (leave empty to list them)")
+    async def persona(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        conversation = conversation_id(interaction.channel_id)
+        current = self.engine.persona_for(conversation).name
+        names = ", ".join(sorted(self.engine.personas))
+        if not name:
+            await interaction.response.send_message(f"Talking as **{current}**. Characters: {names}.", ephemeral=True)
+            return
+        if interaction.guild is not None and not interaction.permissions.manage_guild:
+            await interaction.response.send_message("Only members with Manage Server can switch the character.", ephemeral=True)
+            return
+        try:
+            card = self.engine.set_persona(conversation, name)
+        except KeyError:
+            await interaction.response.send_message(f"No character called {name!r}. Characters: {names}.", ephemeral=True)
+            return
+        self.bot.metrics.replies.labels("persona").inc()
+        await interaction.response.send_message(f"Now talking as **{card.name}** in this channel.")
+
+    @persona.autocomplete("name")
+    async def _persona_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        wanted = current.casefold()
+        return [app_commands.Choice(name=n, value=n) for n in sorted(self.engine.personas) if wanted in n.casefold()][:25]
+
+    @app_commands.command(name="ask", description="Ask the character a one-off question (not remembered).")
+    @app_commands.describe(question="What to ask")
+    async def ask(self, interaction: discord.Interaction, question: str) -> None:
+        bot = self.bot
+        started = time.perf_counter()
+        # A throwaway conversation with this channel's character, forgotten afterwards.
+        scratch = f"discord:ask:{interaction.id}"
+        self.engine.set_persona(scratch, self.engine.persona_for(conversation_id(interaction.channel_id)))
+        await interaction.response.defer(thinking=True)
+        try:
+            async with bot.gate.slot():
+                reply = await self.engine.reply(scratch, question, speaker=interaction.user.display_name)
+            text = reply.text
+        except (BusyError, BackendError) as exc:
+            bot.metrics.errors.labels("backend" if isinstance(exc, BackendError) else "busy").inc()
+            log.warning("/ask failed: %s", exc)
+            text = exc.user_message
+            reply = None
+        finally:
+            self.engine.reset(scratch)
+        chunks = split_message(text) or ["..."]
+        await interaction.edit_original_response(content=chunks[0], allowed_mentions=no_pings())
+        for chunk in chunks[1:]:
+            await interaction.followup.send(chunk, allowed_mentions=no_pings())
+        if reply is not None:
+            bot.metrics.replies.labels("ask").inc()
+            bot.metrics.tokens.inc(reply.completion_tokens)
+            bot.metrics.latency.observe(time.perf_counter() - started)

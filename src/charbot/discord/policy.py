@@ -1,0 +1,112 @@
+"""Who the bot answers and when, as plain functions over plain facts (no discord objects), so the rules
+are tested without a gateway."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    author_id: int
+    channel_id: int
+    guild_id: int | None = None  # None in DMs
+    parent_channel_id: int | None = None  # a thread's channel
+    role_ids: frozenset[int] = frozenset()
+    author_is_bot: bool = False
+    is_self: bool = False
+    mentions_bot: bool = False
+    replies_to_bot: bool = False
+
+    @property
+    def is_dm(self) -> bool:
+        return self.guild_id is None
+
+
+@dataclass(frozen=True)
+class Rules:
+    chat_channels: frozenset[int] = frozenset()
+    allow_dms: bool = True
+    allowed_users: frozenset[int] = frozenset()
+    blocked_users: frozenset[int] = frozenset()
+    allowed_roles: frozenset[int] = frozenset()
+    blocked_roles: frozenset[int] = frozenset()
+    allowed_channels: frozenset[int] = frozenset()
+    blocked_channels: frozenset[int] = frozenset()
+    allowed_guilds: frozenset[int] = frozenset()
+    blocked_guilds: frozenset[int] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings) -> "Rules":
+        def ids(name: str) -> frozenset[int]:
+            return frozenset(getattr(settings, f"discord_{name}"))
+
+        return cls(
+            ids("chat_channels"), settings.discord_allow_dms,
+            ids("allowed_users"), ids("blocked_users"), ids("allowed_roles"), ids("blocked_roles"),
+            ids("allowed_channels"), ids("blocked_channels"), ids("allowed_guilds"), ids("blocked_guilds"),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    answer: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.answer
+
+
+def permitted(facts: MessageFacts, rules: Rules) -> Decision:
+    """Allow/block lists. A block always wins; a non-empty allow list admits only what it names."""
+    if facts.author_id in rules.blocked_users:
+        return Decision(False, "user blocked")
+    if rules.allowed_users and facts.author_id not in rules.allowed_users:
+        return Decision(False, "user not in allow list")
+    if facts.is_dm:
+        return Decision(rules.allow_dms, "dm" if rules.allow_dms else "dms disabled")
+    channels = {facts.channel_id} | ({facts.parent_channel_id} if facts.parent_channel_id else set())
+    if channels & rules.blocked_channels:
+        return Decision(False, "channel blocked")
+    if rules.allowed_channels and not channels & rules.allowed_channels:
+        return Decision(False, "channel not in allow list")
+    if facts.guild_id in rules.blocked_guilds:
+        return Decision(False, "server blocked")
+    if rules.allowed_guilds and facts.guild_id not in rules.allowed_guilds:
+        return Decision(False, "server not in allow list")
+    if facts.role_ids & rules.blocked_roles:
+        return Decision(False, "role blocked")
+    if rules.allowed_roles and not facts.role_ids & rules.allowed_roles:
+        return Decision(False, "no allowed role")
+    return Decision(True, "permitted")
+
+
+def should_answer(facts: MessageFacts, rules: Rules) -> Decision:
+    """Never bots or itself; then allow/block lists; then: mentioned, a reply to the bot, a DM, or a chat channel."""
+    if facts.is_self:
+        return Decision(False, "own message")
+    if facts.author_is_bot:
+        return Decision(False, "author is a bot")
+    allowed = permitted(facts, rules)
+    if not allowed:
+        return allowed
+    if facts.is_dm:
+        return Decision(True, "dm")
+    if facts.mentions_bot:
+        return Decision(True, "mentioned")
+    if facts.replies_to_bot:
+        return Decision(True, "reply to bot")
+    if {facts.channel_id, facts.parent_channel_id} & rules.chat_channels:
+        return Decision(True, "chat channel")
+    return Decision(False, "not addressed")
+
+
+def conversation_id(channel_id: int) -> str:
+    """One conversation per channel, thread or DM channel."""
+    return f"discord:{channel_id}"
+
+
+def strip_mention(text: str, bot_id: int) -> str:
+    """The text without the bot's own mention (<@id> or the legacy <@!id>), whitespace tidied."""
+    return " ".join(re.sub(rf"<@!?{bot_id}>", " ", text).split())
