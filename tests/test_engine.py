@@ -106,3 +106,14 @@ async def test_warm_up_loads_and_generates_once(store, sample_card):
     await engine.warm_up()
     assert backend.ready and backend.calls == 1
     assert store.count_messages() == 0  # the warm-up is not a conversation
+
+
+async def test_ask_is_one_off(store, sample_card):
+    backend = ScriptedBackend(["Aye.", "Tea, always."])
+    engine = make(backend, store, sample_card)
+    await engine.reply("c", "hello")
+    reply = await engine.ask("Do you like tea?", speaker="Sam")
+    assert reply.text == "Tea, always."
+    assert [m.content for m in backend.prompts[-1].messages[-1:]] == ["Sam: Do you like tea?"]
+    assert len(backend.prompts[-1].messages) == 3  # system, greeting, the question: no history
+    assert store.count_messages() == 2  # only the first exchange is remembered

@@ -83,8 +83,10 @@ class Engine:
         return self.store.reset(conversation_id)
 
     # --- prompts -------------------------------------------------------------------------------------
-    def build_prompt(self, conversation_id: str, text: str, speaker: str | None = None) -> tuple[BuiltPrompt, CharacterCard]:
-        card = self.persona_for(conversation_id)
+    def build_prompt(
+        self, conversation_id: str, text: str, speaker: str | None = None, persona: CharacterCard | None = None
+    ) -> tuple[BuiltPrompt, CharacterCard]:
+        card = persona or self.persona_for(conversation_id)
         builder = PromptBuilder(
             self.backend.count_tokens,
             context_window=self.backend.context_window,
@@ -92,7 +94,7 @@ class Engine:
             fmt=self.prompt_format,
             eos_token=self.backend.eos_token,
         )
-        history = self.store.history(conversation_id, HISTORY_FETCH)
+        history = self.store.history(conversation_id, HISTORY_FETCH) if conversation_id else []
         return builder.build(render(card, speaker or self.user_name), history, text, speaker), card
 
     def _stops(self, card: CharacterCard, speaker: str | None) -> tuple[str, ...]:
@@ -110,9 +112,15 @@ class Engine:
         async with lock:
             return await self._reply(conversation_id, text, speaker, on_update)
 
-    async def _reply(self, conversation_id: str, text: str, speaker: str | None, on_update: OnUpdate | None) -> Reply:
+    async def ask(self, text: str, *, speaker: str | None = None, persona: CharacterCard | None = None) -> Reply:
+        """A one-off question: no history in, nothing remembered."""
+        return await self._reply("", text, speaker, None, persona=persona or self.default_persona)
+
+    async def _reply(
+        self, conversation_id: str, text: str, speaker: str | None, on_update: OnUpdate | None, persona: CharacterCard | None = None
+    ) -> Reply:
         started = time.perf_counter()
-        built, card = self.build_prompt(conversation_id, text, speaker)
+        built, card = self.build_prompt(conversation_id, text, speaker, persona)
         settings = self.settings.with_stop(*self._stops(card, speaker))
         users = tuple(n for n in (self.user_name, speaker) if n)
         tokens = 0
@@ -137,9 +145,8 @@ class Engine:
         fallback = not is_usable(reply, text)
         if fallback:
             reply = self.fallback_reply
-        self.store.add_exchange(
-            conversation_id, [Turn("user", text, speaker), Turn("assistant", reply, card.name)]
-        )
+        if conversation_id:
+            self.store.add_exchange(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply, card.name)])
         return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback)
 
     async def _stream(self, built: BuiltPrompt, settings, char: str, users, on_update: OnUpdate) -> str:
@@ -159,5 +166,5 @@ class Engine:
         """Load the model and run one tiny generation so the first user does not pay for it."""
         if not self.backend.ready:
             await self.backend.load()
-        built, card = self.build_prompt("__warmup__", "Hello")
+        built, card = self.build_prompt("", "Hello", persona=self.default_persona)
         await self.backend.complete(built.prompt, replace(self.settings, max_new_tokens=1))

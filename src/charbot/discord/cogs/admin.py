@@ -65,21 +65,17 @@ class AdminCog(commands.Cog):
     async def ask(self, interaction: discord.Interaction, question: str) -> None:
         bot = self.bot
         started = time.perf_counter()
-        # A throwaway conversation with this channel's character, forgotten afterwards.
-        scratch = f"discord:ask:{interaction.id}"
-        self.engine.set_persona(scratch, self.engine.persona_for(conversation_id(interaction.channel_id)))
+        persona = self.engine.persona_for(conversation_id(interaction.channel_id))  # this channel's character
         await interaction.response.defer(thinking=True)
         try:
             async with bot.gate.slot():
-                reply = await self.engine.reply(scratch, question, speaker=interaction.user.display_name)
+                reply = await self.engine.ask(question, speaker=interaction.user.display_name, persona=persona)
             text = reply.text
         except (BusyError, BackendError) as exc:
             bot.metrics.errors.labels("backend" if isinstance(exc, BackendError) else "busy").inc()
             log.warning("/ask failed: %s", exc)
             text = exc.user_message
             reply = None
-        finally:
-            self.engine.reset(scratch)
         chunks = split_message(text) or ["..."]
         await interaction.edit_original_response(content=chunks[0], allowed_mentions=no_pings())
         for chunk in chunks[1:]:
