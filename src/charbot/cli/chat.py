@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
@@ -13,7 +14,7 @@ from charbot.config import Settings, default_data_dir
 from charbot.engine import Engine
 from charbot.errors import CharbotError
 from charbot.factory import build_engine
-from charbot.persona import load_card
+from charbot.persona import load_card, substitute
 from charbot.cli.options import model_options
 
 HELP = """Commands:
@@ -69,12 +70,9 @@ def _command(engine: Engine, conversation: str, line: str) -> str | None:
     return f"(unknown command {cmd}; /help lists them)"
 
 
-async def _piped(engine: Engine, conversation: str) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            return
+async def _session(engine: Engine, conversation: str, read: Callable[[], Awaitable[str | None]], notice, answer) -> None:
+    """Read lines until end of input or /quit: commands go to `notice`, messages to `answer`."""
+    while (line := await read()) is not None:
         line = line.strip()
         if not line:
             continue
@@ -83,10 +81,22 @@ async def _piped(engine: Engine, conversation: str) -> None:
         except EOFError:
             return
         if out is not None:
-            print(" ".join(out.split()), flush=True)
-            continue
+            notice(out)
+        else:
+            await answer(line)
+
+
+async def _piped(engine: Engine, conversation: str) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def read() -> str | None:
+        return await loop.run_in_executor(None, sys.stdin.readline) or None
+
+    async def answer(line: str) -> None:
         reply = await engine.reply(conversation, line)
         print(f"{reply.persona}: {' '.join(reply.text.split())}", flush=True)
+
+    await _session(engine, conversation, read, lambda out: print(" ".join(out.split()), flush=True), answer)
 
 
 async def _repl(engine: Engine, conversation: str, stream: bool) -> None:
@@ -103,42 +113,38 @@ async def _repl(engine: Engine, conversation: str, stream: bool) -> None:
     click.secho(f"Talking to {card.name} ({engine.backend.describe()}). /help for commands.", dim=True)
     if not engine.store.history(conversation, 1) and card.data.first_mes:
         click.secho(f"{card.name}: ", bold=True, nl=False)
-        click.echo(card.data.first_mes.replace("{{user}}", engine.user_name).replace("{{char}}", card.name))
+        click.echo(substitute(card.data.first_mes, card.name, engine.user_name))
     loop = asyncio.get_running_loop()
+
+    async def read() -> str | None:
+        try:
+            return await loop.run_in_executor(None, input, "You: ")
+        except EOFError:
+            click.echo()
+            return None
+
+    async def answer(line: str) -> None:
+        name = engine.persona_for(conversation).name
+        click.secho(f"{name}: ", bold=True, nl=False)
+        shown = ""
+
+        def show(text: str) -> None:
+            nonlocal shown
+            sys.stdout.write(text[len(shown) :])
+            sys.stdout.flush()
+            shown = text
+
+        reply = await engine.reply(conversation, line, on_update=show if stream else None)
+        if reply.text.startswith(shown) and shown:
+            show(reply.text)
+            click.echo()
+        elif shown:  # the streamed text was replaced (a retry or the fallback)
+            click.echo(f"\r{name}: {reply.text}")
+        else:
+            click.echo(reply.text)
+
     try:
-        while True:
-            try:
-                line = (await loop.run_in_executor(None, input, "You: ")).strip()
-            except EOFError:
-                click.echo()
-                return
-            if not line:
-                continue
-            try:
-                out = _command(engine, conversation, line)
-            except EOFError:
-                return
-            if out is not None:
-                click.secho(out, dim=True)
-                continue
-            name = engine.persona_for(conversation).name
-            click.secho(f"{name}: ", bold=True, nl=False)
-            shown = ""
-
-            def show(text: str) -> None:
-                nonlocal shown
-                sys.stdout.write(text[len(shown) :])
-                sys.stdout.flush()
-                shown = text
-
-            reply = await engine.reply(conversation, line, on_update=show if stream else None)
-            if reply.text.startswith(shown) and shown:
-                show(reply.text)
-                click.echo()
-            elif shown:  # the streamed text was replaced (a retry or the fallback)
-                click.echo(f"\r{name}: {reply.text}")
-            else:
-                click.echo(reply.text)
+        await _session(engine, conversation, read, lambda out: click.secho(out, dim=True), answer)
     finally:
         if readline is not None:
             try:
