@@ -1,0 +1,119 @@
+"""The remote backend's own logic that needs no model: settings, naming, waits the server asks for, and
+failures that never reach a server (nothing listening)."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import httpx2
+import pytest
+from huggingface_hub.errors import HfHubHTTPError
+
+from charbot.backends import create_backend
+from charbot.backends.base import Message, Prompt
+from charbot.backends.remote import DEFAULT_HF_MODEL, RemoteBackend, is_transient, redact_url, server_wait, split_provider
+from charbot.config import load_settings
+from charbot.errors import BackendUnavailable, ConfigError
+from charbot.generation import GenerationSettings
+from llama_server import free_port
+
+
+def http_error(status: int, *, headers: dict | None = None, json: dict | None = None) -> HfHubHTTPError:
+    request = httpx2.Request("POST", "http://server.test/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers, json=json, request=request)
+    return HfHubHTTPError(f"{status} error", response=response)
+
+
+@pytest.fixture
+def no_tokens(isolated_env, monkeypatch):
+    for name in ("HF_TOKEN", "HUGGINGFACE_TOKEN", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return isolated_env
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("HuggingFaceTB/SmolLM3-3B:together", ("HuggingFaceTB/SmolLM3-3B", "together")),
+        ("meta-llama/Llama-3.1-8B-Instruct:auto", ("meta-llama/Llama-3.1-8B-Instruct", "auto")),
+        ("HuggingFaceTB/SmolLM3-3B", ("HuggingFaceTB/SmolLM3-3B", None)),
+        ("http://host:8000/v1", ("http://host:8000/v1", None)),  # a URL's colon is not a provider
+        ("llama3:8b", ("llama3", "8b")),
+    ],
+)
+def test_split_provider(model, expected):
+    assert split_provider(model) == expected
+
+
+def test_redact_url_drops_credentials_and_query():
+    assert redact_url("https://user:s3cret@host.test:8443/v1?api_key=s3cret") == "https://host.test:8443/v1"
+
+
+def test_hf_router_without_token_is_a_config_error_naming_the_variable(no_tokens):
+    with pytest.raises(ConfigError) as info:
+        create_backend(load_settings(backend="remote"))
+    message = str(info.value)
+    assert "HF_TOKEN" in message and "--base-url" in message and "\n" not in message
+
+
+def test_tutorial_token_variable_is_accepted(no_tokens, monkeypatch):
+    monkeypatch.setenv("HUGGINGFACE_TOKEN", "hf_tutorialtoken")
+    backend = create_backend(load_settings(backend="remote"))
+    assert isinstance(backend, RemoteBackend)
+    assert backend.token is not None and backend.token.get_secret_value() == "hf_tutorialtoken"
+    assert backend.model_id == DEFAULT_HF_MODEL
+    assert "hf_tutorialtoken" not in repr(backend.token) and "hf_tutorialtoken" not in backend.describe()
+
+
+def test_provider_from_model_suffix_and_setting(no_tokens, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    backend = create_backend(load_settings(backend="remote", model="org/model:novita"))
+    assert (backend.model_id, backend.provider) == ("org/model", "novita")
+    monkeypatch.setenv("CHARBOT_PROVIDER", "together")
+    backend = create_backend(load_settings(backend="remote", model="org/model"))
+    assert backend.provider == "together"
+
+
+def test_base_url_selects_remote_and_api_key_env(no_tokens, monkeypatch):
+    monkeypatch.setenv("MY_VLLM_KEY", "sk-local")
+    monkeypatch.setenv("CHARBOT_API_KEY_ENV", "MY_VLLM_KEY")
+    backend = create_backend(load_settings(base_url="http://127.0.0.1:8000/v1/"))
+    assert isinstance(backend, RemoteBackend)  # backend "auto" + base_url
+    assert backend.base_url == "http://127.0.0.1:8000/v1"
+    assert backend.token.get_secret_value() == "sk-local" and backend.token_env == "MY_VLLM_KEY"
+    assert backend.ready is False and backend.status == "not started"
+
+
+def test_retry_after_seconds_and_http_date():
+    assert server_wait(http_error(429, headers={"Retry-After": "3"})) == 3.0
+    when = email.utils.formatdate(time.time() + 20, usegmt=True)
+    assert 15 <= server_wait(http_error(503, headers={"Retry-After": when})) <= 21
+
+
+def test_hf_estimated_time_is_a_wait_hint():
+    assert server_wait(http_error(503, json={"error": "Model is currently loading", "estimated_time": 12.5})) == 12.5
+    assert server_wait(http_error(503, json={"error": "overloaded"})) is None
+
+
+def test_which_failures_are_retried():
+    assert is_transient(http_error(429)) and is_transient(http_error(503))
+    assert not is_transient(http_error(401)) and not is_transient(http_error(404)) and not is_transient(http_error(410))
+    assert is_transient(httpx2.ConnectError("refused"))
+    assert not is_transient(httpx2.ReadTimeout("slow"))  # the deadline is spent: retrying cannot help
+
+
+async def test_nothing_listening_is_a_short_unavailable_error_within_the_timeout():
+    backend = RemoteBackend(base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", timeout=3, max_retries=2, backoff_initial=0.05, backoff_max=0.2)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        await backend.complete(Prompt(messages=(Message("user", "Hello"),)), GenerationSettings(max_new_tokens=4))
+    assert time.monotonic() - started < 3.5
+    assert "cannot reach" in str(info.value) and "connection refused" in str(info.value)
+    assert info.value.user_message  # what a transport shows the chat user
+    assert backend.ready is False and backend.status.startswith("unavailable: cannot reach")
+    await backend.aclose()
+
+
+def test_unparseable_retry_after_falls_back_to_backoff():
+    assert server_wait(http_error(429, headers={"Retry-After": "soon-ish"})) is None
