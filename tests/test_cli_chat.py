@@ -76,3 +76,20 @@ def test_unknown_backend(tmp_path):
 
 def test_bad_setting_from_env(tmp_path):
     one_line_error(run_chat([], "hi\n", tmp_path, {"CHARBOT_TOP_P": "2"}), "'top_p'", "CHARBOT_TOP_P")
+
+
+async def test_a_failed_reply_does_not_end_the_piped_chat(monkeypatch, capsys, store, sample_card):
+    import io
+
+    from conftest import ScriptedBackend
+
+    from charbot.cli.chat import _piped
+    from charbot.engine import Engine
+
+    backend = ScriptedBackend(["Aye."])
+    backend.fail_next = 1
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first\nsecond\n"))
+    await _piped(Engine(backend, store, sample_card), "cli:test")
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["Orla: Aye."]
+    assert err.splitlines() == ["charbot: error: scripted failure"]

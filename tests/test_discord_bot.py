@@ -175,7 +175,7 @@ async def test_slash_reset_forgets_the_channel(fake, world, isolated_env):
         await fake.say(general, user, f"<@{bot.user.id}> remember the red buoy", guild=guild, mentions=[fake.state.bot_user])
         await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
         assert bot.engine.store.count_messages(f"discord:{general['id']}") == 2
-        interaction = await fake.slash("reset", channel=general, user=user, guild=guild)
+        interaction = await fake.slash("reset", channel=general, user=user, guild=guild, permissions=(1 << 13) | (1 << 31))  # Manage Messages
         await fake.wait_for(lambda: "response" in interaction)
         assert interaction["response"]["message"]["content"] == "Forgot 2 messages. Fresh start."
         assert bot.engine.store.count_messages(f"discord:{general['id']}") == 0

@@ -7,13 +7,14 @@ secret (llmcord's convention), so config files can be shared and logged without 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from charbot.errors import ConfigError
 
@@ -92,6 +93,9 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="llama.cpp: conversations decoded together (continuous batching); 1: one at a time."
     )
     device: str = Field("auto", description="transformers backend: cpu, cuda, cuda:N or auto.")
+    queue_timeout: float | None = Field(
+        60.0, gt=0, le=86400, description="Seconds a request may wait for the model before the user is told to retry (empty: no limit)."
+    )
 
     # --- persona and memory ------------------------------------------------------------------------
     persona: str | None = Field(None, description="Character Card (V2 or V1) JSON file. Empty: the sample character.")
@@ -100,6 +104,12 @@ class Settings(BaseSettings):
     user_name: str = Field("User", description="How the terminal user is called in prompts ({{user}}).")
     retention_days: float | None = Field(
         None, gt=0, description="Forget messages older than this many days (empty: keep everything)."
+    )
+    max_messages_per_conversation: int | None = Field(
+        None, ge=2, le=10_000_000, description="Keep only this many newest messages per conversation (empty: no cap)."
+    )
+    prune_interval: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="Seconds between retention sweeps of the memory store while serving."
     )
 
     # --- generation (the tutorial's defaults) ------------------------------------------------------
@@ -140,7 +150,9 @@ class Settings(BaseSettings):
     discord_allowed_guilds: list[int] = Field(default_factory=list)
     discord_blocked_guilds: list[int] = Field(default_factory=list)
     discord_cooldown_seconds: float = Field(2.0, ge=0)
-    discord_max_inflight: int = Field(2, ge=1, le=256, description="Generations running at once.")
+    discord_max_inflight: int | None = Field(
+        None, ge=1, le=256, description="Generations running at once (empty: what the backend serves at once, e.g. parallel)."
+    )
     discord_max_queue: int = Field(16, ge=0, le=10_000, description="Requests waiting beyond those; more get 'busy'.")
     discord_stream: bool = Field(False, description="Stream replies by editing the message (at most once a second).")
     discord_ping_author: bool = Field(False, description="Let the reply ping the author it replies to.")
@@ -189,3 +201,15 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(_describe(first), "fix the value or unset it to use the default") from None
+    except SettingsError as exc:
+        # A list/dict setting from the environment or .env that is not JSON never reaches validation.
+        raise ConfigError(_describe_unparsed(str(exc)), "write it as JSON, e.g. [123, 456]") from None
+
+
+def _describe_unparsed(message: str) -> str:
+    found = re.search(r'field "([^"]+)" from source "(\w+)"', message)
+    if not found:
+        return f"invalid settings: {message}"
+    field, source = found.groups()
+    where = ".env" if source.startswith("DotEnv") else ENV_PREFIX + field.upper()
+    return f"invalid setting '{field}' ({where}): not valid JSON for a list"

@@ -13,9 +13,10 @@ from dataclasses import dataclass, replace
 
 from charbot.backends.base import Backend, PromptFormat
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
-from charbot.memory import MemoryStore, Turn
+from charbot.memory import MemoryError_, MemoryStore, Turn
 from charbot.persona import CharacterCard, render
 from charbot.prompt import BuiltPrompt, PromptBuilder
+from charbot.scheduler import Scheduler, backend_capacity
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Engine:
         user_name: str = "User",
         fallback_reply: str = "...",
         personas: Mapping[str, CharacterCard] | None = None,
+        scheduler: Scheduler | None = None,
     ):
         self.backend = backend
         self.store = store
@@ -57,6 +59,9 @@ class Engine:
         self.fallback_reply = fallback_reply
         self._format = prompt_format
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.memory_status = "ok"  # or "error: …" while replies cannot be saved
+        # Every generation goes through the scheduler: as many at once as the backend can serve.
+        self.scheduler = scheduler or Scheduler(backend_capacity(backend), max_queue=1_000_000)
 
     @property
     def prompt_format(self) -> PromptFormat:
@@ -103,18 +108,29 @@ class Engine:
 
     # --- replies -------------------------------------------------------------------------------------
     async def reply(
-        self, conversation_id: str, text: str, *, speaker: str | None = None, on_update: OnUpdate | None = None
+        self, conversation_id: str, text: str, *, speaker: str | None = None, on_update: OnUpdate | None = None,
+        deadline: float | None = None,
     ) -> Reply:
-        """Generate, clean and remember a reply. Turns of one conversation are served in arrival order."""
-        lock = self._locks.get(conversation_id)
-        if lock is None:
-            lock = self._locks[conversation_id] = asyncio.Lock()
-        async with lock:
-            return await self._reply(conversation_id, text, speaker, on_update)
+        """Generate, clean and remember a reply. Turns of one conversation are served in arrival order.
 
-    async def ask(self, text: str, *, speaker: str | None = None, persona: CharacterCard | None = None) -> Reply:
+        Raises BusyError (QueueFull, DeadlineExceeded) when the scheduler cannot serve it in time; `deadline`
+        is a `time.monotonic()` instant (default: now + the scheduler's timeout).
+        """
+        async with self.scheduler.slot(conversation_id, deadline=deadline):
+            # The scheduler already keeps one conversation's turns in order; the lock guards callers that
+            # share an engine but bypass it (a subclass, a test) and costs nothing uncontended.
+            lock = self._locks.get(conversation_id)
+            if lock is None:
+                lock = self._locks[conversation_id] = asyncio.Lock()
+            async with lock:
+                return await self._reply(conversation_id, text, speaker, on_update)
+
+    async def ask(
+        self, text: str, *, speaker: str | None = None, persona: CharacterCard | None = None, deadline: float | None = None
+    ) -> Reply:
         """A one-off question: no history in, nothing remembered."""
-        return await self._reply("", text, speaker, None, persona=persona or self.default_persona)
+        async with self.scheduler.slot(None, deadline=deadline):
+            return await self._reply("", text, speaker, None, persona=persona or self.default_persona)
 
     async def _reply(
         self, conversation_id: str, text: str, speaker: str | None, on_update: OnUpdate | None, persona: CharacterCard | None = None
@@ -146,8 +162,20 @@ class Engine:
         if fallback:
             reply = self.fallback_reply
         if conversation_id:
-            self.store.add_exchange(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply, card.name)])
+            self._remember(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply, card.name)])
         return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback)
+
+    def _remember(self, conversation_id: str, turns: list[Turn]) -> None:
+        """A failing memory write must not cost the user the reply: log it and show it in `memory_status`."""
+        try:
+            self.store.add_exchange(conversation_id, turns)
+        except MemoryError_ as exc:
+            self.memory_status = f"error: {exc}"
+            log.error("reply not remembered in %s: %s", conversation_id, exc)
+            return
+        if self.memory_status != "ok":
+            log.warning("memory writes work again")
+            self.memory_status = "ok"
 
     async def _stream(self, built: BuiltPrompt, settings, char: str, users, on_update: OnUpdate) -> str:
         raw = ""

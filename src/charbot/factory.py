@@ -12,6 +12,7 @@ from charbot.errors import PersonaError
 from charbot.generation import GenerationSettings
 from charbot.memory import MemoryStore
 from charbot.persona import CharacterCard, load_card
+from charbot.scheduler import Scheduler, backend_capacity
 
 SAMPLE_CARD = "orla.json"
 
@@ -39,8 +40,9 @@ def load_personas(settings: Settings) -> tuple[CharacterCard, dict[str, Characte
 
 def build_engine(settings: Settings, *, backend=None, store: MemoryStore | None = None) -> Engine:
     default, personas = load_personas(settings)
+    backend = backend if backend is not None else create_backend(settings)
     return Engine(
-        backend if backend is not None else create_backend(settings),
+        backend,
         store if store is not None else MemoryStore(settings.resolved_db_path()),
         default,
         GenerationSettings.from_settings(settings),
@@ -48,4 +50,5 @@ def build_engine(settings: Settings, *, backend=None, store: MemoryStore | None 
         user_name=settings.user_name,
         fallback_reply=settings.fallback_reply,
         personas=personas,
+        scheduler=Scheduler(backend_capacity(backend), max_queue=1_000_000, timeout=settings.queue_timeout),
     )

@@ -6,6 +6,7 @@ being generated, never the file.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -121,16 +122,23 @@ class MemoryStore:
         """Store the user's turn and the reply together: either both are remembered or neither."""
         now = time.time()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 self._touch(conversation_id, now)
                 self._db.executemany(
                     "INSERT INTO messages (conversation_id, role, speaker, content, created_at) VALUES (?, ?, ?, ?, ?)",
                     [(conversation_id, t.role, t.speaker, t.content, now) for t in turns],
                 )
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    # Read-only file, full disk, locked by another process: one line for the log and health page.
+                    raise MemoryError_(
+                        f"memory database {self.path}: cannot save ({exc})", "free disk space and make the file writable"
+                    ) from None
                 raise
 
     def _touch(self, conversation_id: str, now: float) -> None:
@@ -170,6 +178,29 @@ class MemoryStore:
         cutoff = time.time() - older_than_seconds
         with self._lock:
             return self._db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,)).rowcount
+
+    def cap_messages(self, keep: int) -> int:
+        """Keep only the newest `keep` messages of every conversation; returns how many were deleted."""
+        with self._lock:
+            return self._db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                "(PARTITION BY conversation_id ORDER BY id DESC) AS newer FROM messages) WHERE newer > ?)",
+                (keep,),
+            ).rowcount
+
+    def drop_idle_conversations(self, older_than_seconds: float) -> int:
+        """Forget conversations with no messages left, no persona choice and no activity within the window."""
+        cutoff = time.time() - older_than_seconds
+        with self._lock:
+            return self._db.execute(
+                "DELETE FROM conversations WHERE updated_at < ? AND persona IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.conversation_id = conversations.id)",
+                (cutoff,),
+            ).rowcount
+
+    def count_conversations(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
 
     def count_messages(self, conversation_id: str | None = None) -> int:
         with self._lock:

@@ -12,7 +12,7 @@ import click
 
 from charbot.config import Settings, default_data_dir
 from charbot.engine import Engine
-from charbot.errors import CharbotError
+from charbot.errors import BackendError, CharbotError
 from charbot.factory import build_engine
 from charbot.persona import load_card, substitute
 from charbot.cli.options import model_options
@@ -82,8 +82,11 @@ async def _session(engine: Engine, conversation: str, read: Callable[[], Awaitab
             return
         if out is not None:
             notice(out)
-        else:
+            continue
+        try:
             await answer(line)
+        except BackendError as exc:  # one failed reply (a server hiccup) does not end the chat
+            click.echo(f"charbot: error: {exc}", err=True)
 
 
 async def _piped(engine: Engine, conversation: str) -> None:

@@ -17,12 +17,13 @@ from discord.ext import commands
 from charbot.config import Settings
 from charbot.discord import endpoints
 from charbot.discord.commandsync import sync_if_changed
-from charbot.discord.limits import Cooldown, Gate
+from charbot.discord.limits import Cooldown
 from charbot.discord.metrics import Metrics
 from charbot.discord.policy import Rules
 from charbot.discord.replying import no_pings
 from charbot.engine import Engine
 from charbot.errors import ConfigError
+from charbot.retention import RetentionTask
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,13 @@ class CharBot(commands.AutoShardedBot):
         self.settings = settings
         self.rules = Rules.from_settings(settings)
         self.cooldown = Cooldown(settings.discord_cooldown_seconds)
-        self.gate = Gate(settings.discord_max_inflight, settings.discord_max_queue)
+        # The engine's scheduler is the one queue in front of the model: Discord sets its bounds.
+        self.gate = engine.scheduler
+        self.gate.configure(capacity=settings.discord_max_inflight, max_queue=settings.discord_max_queue)
+        self.retention = RetentionTask(
+            engine.store, retention_days=settings.retention_days, max_messages=settings.max_messages_per_conversation,
+            interval=settings.prune_interval,
+        )
         self.metrics = Metrics()
         self.metrics.queue_depth.set_function(lambda: self.gate.depth)
         self.metrics.gateway_latency.set_function(lambda: self.latency if math.isfinite(self.latency) else 0.0)
@@ -77,6 +84,7 @@ class CharBot(commands.AutoShardedBot):
         # The model is loaded and warmed before the gateway connects: the bot never shows online
         # while the first reply would still pay for loading.
         await self.engine.warm_up()
+        self.retention.start()
         from charbot.discord.cogs.admin import AdminCog
         from charbot.discord.cogs.chat import ChatCog
 
@@ -107,6 +115,7 @@ class CharBot(commands.AutoShardedBot):
             await asyncio.sleep(self.identify_delay)
 
     async def close(self) -> None:
+        await self.retention.stop()
         try:
             await super().close()
         finally:
@@ -132,9 +141,11 @@ class CharBot(commands.AutoShardedBot):
             "ready": connected and backend_ready,
             "gateway_connected": connected,
             "backend_ready": backend_ready,
+            "memory": self.engine.memory_status,
             "latency_seconds": round(latency, 4) if math.isfinite(latency) else None,
             "queue_depth": self.gate.depth,
             "inflight": self.gate.inflight,
+            "capacity": self.gate.capacity,
             "shards": sorted(self.shards) if self.is_ready() else [],
             "guilds": len(self.guilds),
             "uptime_seconds": round(time.time() - self.started_at, 1),

@@ -4,6 +4,7 @@ are tested without a gateway."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 
@@ -107,6 +108,19 @@ def conversation_id(channel_id: int) -> str:
     return f"discord:{channel_id}"
 
 
+ZWJ = "\u200d"
+
+
+def visible_text(text: str) -> str:
+    """`text` without control and invisible format characters (zero-width spaces, bidi overrides, NUL, BEL).
+
+    They carry nothing a reader sees, but reach the model and the memory; a message of nothing else is
+    empty. The zero-width joiner stays between visible characters (it builds emoji such as families).
+    """
+    kept = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf") or c == ZWJ)
+    return kept if kept.replace(ZWJ, "").strip() else ""
+
+
 def strip_mention(text: str, bot_id: int) -> str:
-    """The text without the bot's own mention (<@id> or the legacy <@!id>), whitespace tidied."""
-    return " ".join(re.sub(rf"<@!?{bot_id}>", " ", text).split())
+    """The visible text without the bot's own mention (<@id> or the legacy <@!id>), whitespace tidied."""
+    return " ".join(re.sub(rf"<@!?{bot_id}>", " ", visible_text(text)).split())

@@ -80,6 +80,9 @@ def _check_file(path: Path) -> int:
         if path.is_dir():
             raise ScriptError(str(path), "is a directory, not a script file", "pass the path of a .csv/.tsv/.txt script")
         size = path.stat().st_size
+        if not path.is_file():
+            # A pipe or device would block or never end; the reader needs a file it can read twice.
+            raise ScriptError(str(path), "is not a regular file (a pipe, socket or device)", "save the script to a file first")
         with path.open("rb") as fh:
             head = fh.read(8192)
     except FileNotFoundError:

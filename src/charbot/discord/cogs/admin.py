@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from charbot.discord.policy import conversation_id
+from charbot.discord.policy import MessageFacts, conversation_id, permitted
 from charbot.discord.replying import no_pings
 from charbot.discord.split import split_message
 from charbot.errors import BackendError, BusyError
@@ -19,6 +19,19 @@ if TYPE_CHECKING:
     from charbot.discord.bot import CharBot
 
 log = logging.getLogger(__name__)
+REFUSED = "You can't use me here."
+
+
+def interaction_facts(interaction: discord.Interaction) -> MessageFacts:
+    user = interaction.user
+    return MessageFacts(
+        author_id=user.id,
+        channel_id=interaction.channel_id or 0,
+        guild_id=interaction.guild_id,
+        parent_channel_id=getattr(interaction.channel, "parent_id", None),
+        role_ids=frozenset(r.id for r in getattr(user, "roles", ())),
+        author_is_bot=user.bot,
+    )
 
 
 class AdminCog(commands.Cog):
@@ -29,8 +42,23 @@ class AdminCog(commands.Cog):
     def engine(self):
         return self.bot.engine
 
+    async def _refused(self, interaction: discord.Interaction) -> bool:
+        """Slash commands obey the same allow/block lists (and the DM switch) as messages."""
+        decision = permitted(interaction_facts(interaction), self.bot.rules)
+        if decision:
+            return False
+        self.bot.metrics.ignored.labels(decision.reason).inc()
+        await interaction.response.send_message(REFUSED, ephemeral=True)
+        return True
+
     @app_commands.command(name="reset", description="Forget this channel's conversation.")
     async def reset(self, interaction: discord.Interaction) -> None:
+        if await self._refused(interaction):
+            return
+        # In a server the conversation is the whole channel's: wiping it is for moderators.
+        if interaction.guild is not None and not interaction.permissions.manage_messages:
+            await interaction.response.send_message("Only members with Manage Messages can reset this channel.", ephemeral=True)
+            return
         forgotten = self.engine.reset(conversation_id(interaction.channel_id))
         self.bot.metrics.replies.labels("reset").inc()
         await interaction.response.send_message(f"Forgot {forgotten} messages. Fresh start.")
@@ -38,6 +66,8 @@ class AdminCog(commands.Cog):
     @app_commands.command(name="persona", description="Show the characters, or switch this channel's character.")
     @app_commands.describe(name="Character to switch to (leave empty to list them)")
     async def persona(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        if await self._refused(interaction):
+            return
         conversation = conversation_id(interaction.channel_id)
         current = self.engine.persona_for(conversation).name
         names = ", ".join(sorted(self.engine.personas))
@@ -63,13 +93,14 @@ class AdminCog(commands.Cog):
     @app_commands.command(name="ask", description="Ask the character a one-off question (not remembered).")
     @app_commands.describe(question="What to ask")
     async def ask(self, interaction: discord.Interaction, question: str) -> None:
+        if await self._refused(interaction):
+            return
         bot = self.bot
         started = time.perf_counter()
         persona = self.engine.persona_for(conversation_id(interaction.channel_id))  # this channel's character
         await interaction.response.defer(thinking=True)
         try:
-            async with bot.gate.slot():
-                reply = await self.engine.ask(question, speaker=interaction.user.display_name, persona=persona)
+            reply = await self.engine.ask(question, speaker=interaction.user.display_name, persona=persona)
             text = reply.text
         except (BusyError, BackendError) as exc:
             bot.metrics.errors.labels("backend" if isinstance(exc, BackendError) else "busy").inc()

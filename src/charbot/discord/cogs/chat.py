@@ -13,6 +13,7 @@ from discord.ext import commands
 from charbot.discord.policy import MessageFacts, conversation_id, should_answer, strip_mention
 from charbot.discord.replying import StreamedReply, send_reply
 from charbot.errors import BackendError, BusyError
+from charbot.scheduler import DeadlineExceeded
 
 if TYPE_CHECKING:
     from charbot.discord.bot import CharBot
@@ -75,21 +76,22 @@ class ChatCog(commands.Cog):
     async def answer(self, message: discord.Message, text: str) -> None:
         bot = self.bot
         started = time.perf_counter()
+        deadline = bot.gate.deadline()  # counted from arrival, typing indicator included
         conversation = conversation_id(message.channel.id)
         streamed = StreamedReply(message, ping_author=bot.settings.discord_ping_author) if bot.settings.discord_stream else None
         try:
-            async with bot.gate.slot():
-                async with message.channel.typing():
-                    reply = await bot.engine.reply(
-                        conversation, text, speaker=message.author.display_name,
-                        on_update=streamed.update if streamed else None,
-                    )
+            # The engine's scheduler queues it (bounded, with a deadline) and keeps this channel's turns in order.
+            async with message.channel.typing():
+                reply = await bot.engine.reply(
+                    conversation, text, speaker=message.author.display_name,
+                    on_update=streamed.update if streamed else None, deadline=deadline,
+                )
             if streamed is not None:
                 await streamed.finish(reply.text)
             else:
                 await send_reply(message, reply.text, ping_author=bot.settings.discord_ping_author)
         except BusyError as exc:
-            bot.metrics.busy.labels("queue").inc()
+            bot.metrics.busy.labels("deadline" if isinstance(exc, DeadlineExceeded) else "queue").inc()
             log.info("busy: %s", exc)
             await self._say(message, exc.user_message)
             return
