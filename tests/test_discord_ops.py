@@ -11,7 +11,7 @@ import zlib
 import aiohttp
 import pytest
 
-from charbot.errors import BusyError, CharbotError
+from charbot.errors import BackendUnavailable, BusyError, CharbotError
 from conftest import ScriptedBackend
 from fakediscord import FakeDiscord, FakeState
 from fakediscord.harness import running_bot
@@ -238,3 +238,50 @@ async def test_gateway_reconnect_request_resumes(fake, world, isolated_env):
         await fake.say(general, user, f"<@{bot.user.id}> hi", guild=guild, mentions=[fake.state.bot_user])
         [post] = await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
         assert post.json["content"] == "Back." and fake.gateway.identifies == 1
+
+
+class UnreachableAtStartBackend(ScriptedBackend):
+    """A remote server that is down when the bot starts and comes up later."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.up = False
+        self.status = "not started"
+
+    async def load(self) -> None:
+        if not self.up:
+            self.status = "unavailable: cannot reach http://127.0.0.1:9/v1 (connection refused)"
+            from charbot.errors import BackendUnavailable
+
+            raise BackendUnavailable("cannot reach http://127.0.0.1:9/v1 (connection refused)")
+        self.ready = True
+        self.status = "ready"
+
+    async def complete(self, prompt, settings):
+        if not self.up:
+            from charbot.errors import BackendUnavailable
+
+            raise BackendUnavailable("cannot reach http://127.0.0.1:9/v1 (connection refused)")
+        return await super().complete(prompt, settings)
+
+
+async def test_backend_down_at_start_goes_online_and_reports_until_ready(fake, world, isolated_env, monkeypatch):
+    backend = UnreachableAtStartBackend(["Back again."])
+    monkeypatch.setattr("charbot.discord.bot.CharBot._keep_warming.__defaults__", (0.05, 0.2))
+    async with running_bot(fake, backend, isolated_env / "m.db", health=True) as bot:
+        await fake.wait_for(lambda: bot.health_port)
+        status, body = await _get(bot.health_port, "/healthz")
+        data = json.loads(body)
+        assert status == 503 and data["gateway_connected"] and not data["backend_ready"]
+        assert "connection refused" in data["backend_status"]
+        guild, general, user = world
+        await fake.say(general, user, f"<@{bot.user.id}> hi", guild=guild, mentions=[fake.state.bot_user])
+        [notice] = await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
+        assert notice.json["content"] == BackendUnavailable.user_message  # a short error, the bot stays up
+        backend.up = True
+        await fake.wait_for(lambda: backend.ready, timeout=5)
+        status, body = await _get(bot.health_port, "/healthz")
+        assert status == 200 and json.loads(body)["backend_status"] == "ready"
+        await fake.say(general, user, f"<@{bot.user.id}> again", guild=guild, mentions=[fake.state.bot_user])
+        calls = await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages", count=2)
+        assert calls[-1].json["content"] == "Back again."

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from charbot.backends.base import Backend, PromptFormat
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
-from charbot.memory import MemoryError_, MemoryStore, Turn
+from charbot.memory import MemoryStoreError, MemoryStore, Turn
 from charbot.persona import CharacterCard, render
 from charbot.prompt import BuiltPrompt, PromptBuilder
 from charbot.scheduler import Scheduler, backend_capacity
@@ -100,7 +100,10 @@ class Engine:
             eos_token=self.backend.eos_token,
         )
         history = self.store.history(conversation_id, HISTORY_FETCH) if conversation_id else []
-        return builder.build(render(card, speaker or self.user_name), history, text, speaker), card
+        # {{user}} is the configured user name, not this message's speaker: in a group chat several people
+        # talk, each named in their own turn, and a persona text that is the same for every conversation
+        # lets batched backends share its KV cache.
+        return builder.build(render(card, self.user_name), history, text, speaker), card
 
     def _stops(self, card: CharacterCard, speaker: str | None) -> tuple[str, ...]:
         names = {self.user_name, card.name, *([speaker] if speaker else [])}
@@ -169,7 +172,7 @@ class Engine:
         """A failing memory write must not cost the user the reply: log it and show it in `memory_status`."""
         try:
             self.store.add_exchange(conversation_id, turns)
-        except MemoryError_ as exc:
+        except MemoryStoreError as exc:
             self.memory_status = f"error: {exc}"
             log.error("reply not remembered in %s: %s", conversation_id, exc)
             return

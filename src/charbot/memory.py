@@ -68,7 +68,7 @@ class Turn:
     speaker: str | None = None
 
 
-class MemoryError_(CharbotError):
+class MemoryStoreError(CharbotError):
     pass
 
 
@@ -87,11 +87,11 @@ class MemoryStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self.migrate()
         except sqlite3.DatabaseError as exc:
-            raise MemoryError_(
+            raise MemoryStoreError(
                 f"memory database {self.path}: {exc}", "check the file, or set CHARBOT_DB_PATH to a new location"
             ) from None
         except OSError as exc:
-            raise MemoryError_(f"memory database {self.path}: {exc.strerror}", "set CHARBOT_DB_PATH to a writable path") from None
+            raise MemoryStoreError(f"memory database {self.path}: {exc.strerror}", "set CHARBOT_DB_PATH to a writable path") from None
 
     # --- schema --------------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -134,12 +134,14 @@ class MemoryStore:
                 if self._db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    # Read-only file, full disk, locked by another process: one line for the log and health page.
-                    raise MemoryError_(
-                        f"memory database {self.path}: cannot save ({exc})", "free disk space and make the file writable"
-                    ) from None
-                raise
+                raise self._write_error(exc) from None
+
+    def _write_error(self, exc: BaseException) -> BaseException:
+        """Read-only file, full disk, locked or damaged file: one line for the log and health page.
+        (A constraint or API misuse is a bug in the caller and stays what it is.)"""
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+            return MemoryStoreError(f"memory database {self.path}: cannot save ({exc})", "free disk space and make the file writable")
+        return exc
 
     def _touch(self, conversation_id: str, now: float) -> None:
         self._db.execute(
@@ -159,7 +161,10 @@ class MemoryStore:
 
     def reset(self, conversation_id: str) -> int:
         with self._lock:
-            cur = self._db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+            try:
+                cur = self._db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from None
             return cur.rowcount
 
     def get_persona(self, conversation_id: str) -> str | None:
@@ -170,8 +175,11 @@ class MemoryStore:
     def set_persona(self, conversation_id: str, persona: str | None) -> None:
         now = time.time()
         with self._lock:
-            self._touch(conversation_id, now)
-            self._db.execute("UPDATE conversations SET persona = ? WHERE id = ?", (persona, conversation_id))
+            try:
+                self._touch(conversation_id, now)
+                self._db.execute("UPDATE conversations SET persona = ? WHERE id = ?", (persona, conversation_id))
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from None
 
     def prune(self, older_than_seconds: float) -> int:
         """Forget messages older than the retention window; returns how many were deleted."""

@@ -69,6 +69,8 @@ def parse_card(raw: Any, source: str = "<card>") -> CharacterCard:
                 raise PersonaError(f"{source}: unsupported card spec {raw.get('spec')!r}", "use chara_card_v2 or a V1 card")
             return CharacterCard.model_validate(raw)
         return CharacterCard(data=CardData.model_validate(raw))  # V1: fields at top level
+    except RecursionError:
+        raise PersonaError(f"{source}: nested too deeply", "a character card is a flat object of text fields") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -88,12 +90,16 @@ def load_card(path: str | Path) -> CharacterCard:
         raise PersonaError(f"{path}: no such persona card", "check the path, or run `charbot prepare` to make one") from None
     except PermissionError:
         raise PersonaError(f"{path}: permission denied", "make the file readable") from None
+    except OSError as exc:  # a symlink loop, a name too long, an I/O error
+        raise PersonaError(f"{path}: cannot read ({exc.strerror or exc})", "pass a regular, readable card .json file") from None
     except UnicodeDecodeError as exc:
         raise PersonaError(f"{path}: not UTF-8 text (byte {exc.start})", "save the card as UTF-8 JSON") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PersonaError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})", "fix the card JSON") from None
+    except RecursionError:
+        raise PersonaError(f"{path}: JSON nested too deeply", "a character card is a flat object of text fields") from None
     return parse_card(raw, str(path))
 
 

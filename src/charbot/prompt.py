@@ -1,7 +1,7 @@
 """Turn persona + memory + the new message into a prompt that fits the model's context.
 
 Priority when space is short: the persona's core text and the new message always stay; example dialogue
-goes first; then the oldest turns.
+goes first; then the oldest turns. A new message too big for the context on its own is cut to fit.
 """
 
 from __future__ import annotations
@@ -46,10 +46,28 @@ class PromptBuilder:
         self.budget = max(64, context_window - max_new_tokens - 16)
 
     def build(self, persona: RenderedPersona, history: Sequence[Turn], text: str, speaker: str | None) -> BuiltPrompt:
-        new = Turn("user", text, speaker)
         if self.fmt == "dialogpt":
-            return self._dialogpt(history, new)
-        return self._chat(persona, history, new)
+            return self._dialogpt(history, Turn("user", self._fit(text, self.budget - 1), speaker))
+        fixed = self.count(persona.system + (f"\n{persona.post_history}" if persona.post_history else ""))
+        room = self.budget - fixed - 2 * MESSAGE_OVERHEAD - self.count(speaker_text("", speaker))
+        return self._chat(persona, history, Turn("user", self._fit(text, room), speaker))
+
+    def _fit(self, text: str, room: int) -> str:
+        """`text`, or its start cut at a word so that it costs at most `room` tokens: an oversized message
+        (a pasted essay, a Nitro-length post) is answered from its beginning instead of overflowing the model."""
+        room = max(room - 2, 8)  # 2 for the ellipsis
+        if self.count(text) <= room:
+            return text
+        lo, hi = 0, len(text)
+        while lo < hi:  # the longest prefix that fits; a dozen tokenizations for a 4000-character message
+            mid = (lo + hi + 1) // 2
+            if self.count(text[:mid]) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        cut = text[:lo]
+        at = cut.rfind(" ")
+        return (cut[:at] if at > lo // 2 else cut).rstrip() + " …"
 
     # --- chat-template models ------------------------------------------------------------------------
     def _chat(self, persona: RenderedPersona, history: Sequence[Turn], new: Turn) -> BuiltPrompt:

@@ -49,5 +49,6 @@ def create_backend(settings) -> Backend:
     if name == "transformers":
         if not settings.model:
             raise ConfigError("the transformers backend needs a model", "pass --model DIR_OR_HUB_ID (e.g. microsoft/DialoGPT-small)")
-        return cls(settings.model, device=settings.device, context_window=settings.context_window, threads=settings.threads)
+        batch = {"parallel": settings.parallel} if "parallel" in settings.model_fields_set else {}
+        return cls(settings.model, device=settings.device, context_window=settings.context_window, threads=settings.threads, **batch)
     return cls.from_settings(settings)

@@ -27,6 +27,7 @@ from charbot.generation import GenerationSettings, NoRepeatNGram
 from charbot.models import check_gguf
 
 _END = object()
+MIN_SHARED = 16  # tokens a prompt must share with one being read before it waits to copy them
 
 
 @dataclass
@@ -43,9 +44,12 @@ class _Slot:
     seq: int
     req: _Request
     sampler: object
+    prompt: list[int]
     pending: list[int]  # prompt tokens not yet decoded
-    pos: int
+    pos: int  # positions of this sequence already in the KV cache
     ngrams: NoRepeatNGram
+    # (leader, n): this prompt's first n tokens are the leader's too; wait for the leader to decode them, then copy
+    follow: tuple["_Slot", int] | None = None
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
     text: str = ""
     generated: int = 0
@@ -159,14 +163,6 @@ class _BatchedContext:
         seq = next(s for s in range(self.n_parallel) if s not in self.slots)
         L.llama_memory_seq_rm(self.mem, seq, -1, -1)
         tokens = req.tokens[-(self.n_ctx_per_seq - req.settings.max_new_tokens - 1) :]
-        common = 0
-        for a, b in zip(tokens, self.prefix_tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # the last prompt token must be decoded for its logits
-        if common > 0:
-            L.llama_memory_seq_cp(self.mem, self.prefix_seq, seq, 0, common)
         s = req.settings
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if s.repetition_penalty != 1.0:
@@ -180,10 +176,57 @@ class _BatchedContext:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
         else:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
-        slot = _Slot(seq, req, chain, tokens[common:], common, NoRepeatNGram(s.no_repeat_ngram_size))
+        slot = _Slot(seq, req, chain, tokens, [], 0, NoRepeatNGram(s.no_repeat_ngram_size))
+        # A burst of requests for one persona shares its system prompt: decode it once (in the first one's
+        # sequence) and copy the cells, rather than once per request.
+        leader, shared = self._leader_for(tokens)
+        if leader is not None and shared >= self._cached(tokens) + MIN_SHARED:
+            slot.follow = (leader, shared)
+        else:
+            self._start_from_cache(slot)
         self.slots[seq] = slot
         # remember this prompt as the prefix for the next one (it shares the persona's system prompt)
         self._new_prefix = (seq, tokens)
+
+    @staticmethod
+    def _common(a: list[int], b: list[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return min(n, len(a) - 1)  # the last prompt token must be decoded for its logits
+
+    def _cached(self, tokens: list[int]) -> int:
+        return self._common(tokens, self.prefix_tokens)
+
+    def _leader_for(self, tokens: list[int]) -> tuple[_Slot | None, int]:
+        """The sequence still reading a prompt that shares the longest prefix with `tokens`."""
+        best, shared = None, 0
+        for slot in self.slots.values():
+            if slot.follow is None and slot.pending:
+                n = self._common(tokens, slot.prompt)
+                if n > shared:
+                    best, shared = slot, n
+        return best, shared
+
+    def _start_from_cache(self, slot: _Slot) -> None:
+        common = self._cached(slot.prompt)
+        if common > 0:
+            self.L.llama_memory_seq_cp(self.mem, self.prefix_seq, slot.seq, 0, common)
+        slot.pos = common
+        slot.pending = slot.prompt[common:]
+
+    def _catch_up(self, slot: _Slot) -> None:
+        leader, shared = slot.follow
+        if self.slots.get(leader.seq) is not leader:  # the leader went away (cancelled): read the prompt alone
+            slot.follow = None
+            self._start_from_cache(slot)
+        elif leader.pos >= shared:
+            self.L.llama_memory_seq_cp(self.mem, leader.seq, slot.seq, 0, shared)
+            slot.follow = None
+            slot.pos = shared
+            slot.pending = slot.prompt[shared:]
 
     def _step(self) -> None:
         L, batch = self.L, self.batch
@@ -192,6 +235,9 @@ class _BatchedContext:
         for slot in list(self.slots.values()):
             if slot.req.cancelled.is_set():
                 self._finish(slot, "cancelled")
+        for slot in list(self.slots.values()):
+            if slot.follow is not None:
+                self._catch_up(slot)
         # generating sequences first: one token each
         for slot in self.slots.values():
             if slot.next_token is not None and n < self.n_batch:
@@ -201,14 +247,15 @@ class _BatchedContext:
                 n += 1
         # then prompt tokens of sequences still reading their prompt
         for slot in self.slots.values():
-            while slot.pending and n < self.n_batch:
-                token = slot.pending.pop(0)
-                last = not slot.pending
+            take = min(len(slot.pending), self.n_batch - n)
+            for i, token in enumerate(slot.pending[:take]):
+                last = i == len(slot.pending) - 1
                 self._put(n, token, slot.pos, slot.seq, last)
                 if last:
                     wants_logits.append((n, slot))
                 slot.pos += 1
                 n += 1
+            del slot.pending[:take]
         if n == 0:
             return
         batch.n_tokens = n
@@ -216,7 +263,7 @@ class _BatchedContext:
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         new_prefix = self._new_prefix
-        if new_prefix is not None and new_prefix[0] in self.slots and not self.slots[new_prefix[0]].pending:
+        if new_prefix is not None and new_prefix[0] in self.slots and self._prompt_read(self.slots[new_prefix[0]]):
             seq, tokens = new_prefix
             L.llama_memory_seq_rm(self.mem, self.prefix_seq, -1, -1)
             L.llama_memory_seq_cp(self.mem, seq, self.prefix_seq, 0, len(tokens))
@@ -224,6 +271,10 @@ class _BatchedContext:
             self._new_prefix = None
         for index, slot in wants_logits:
             self._sample(index, slot)
+
+    @staticmethod
+    def _prompt_read(slot: _Slot) -> bool:
+        return slot.follow is None and not slot.pending
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self.batch

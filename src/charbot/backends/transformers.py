@@ -11,29 +11,35 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from charbot.backends._threads import iterate_in_thread
 from charbot.backends.base import Backend, Capabilities, Completion, Prompt
+from charbot.backends.batching import Batcher, Job
 from charbot.errors import ModelError
 from charbot.generation import GenerationSettings
 
 
 class TransformersBackend(Backend):
     name = "transformers"
-    capabilities = Capabilities(chat=True, raw_text=True, streaming=True, batching=False, exact_tokens=True)
+    capabilities = Capabilities(chat=True, raw_text=True, streaming=True, batching=True, exact_tokens=True)
 
-    def __init__(self, model: str, *, device: str = "auto", context_window: int | None = None, threads: int | None = None):
+    def __init__(
+        self, model: str, *, device: str = "auto", context_window: int | None = None, threads: int | None = None, parallel: int = 4
+    ):
         self.model_ref = model
         self.model_id = model
         self.device_name = device
         self._context_override = context_window
         self.threads = threads
+        self.parallel = parallel  # requests generated together in one batch (dynamic batching)
         self.model = None
         self.tokenizer = None
         self._lock = threading.Lock()
+        self._batcher: Batcher | None = None
 
     async def load(self) -> None:
         if self.model is None:
             await asyncio.to_thread(self._load)
+        if self._batcher is None:
+            self._batcher = Batcher(self, self.parallel)
         self.ready = True
 
     def _load(self) -> None:
@@ -48,9 +54,8 @@ class TransformersBackend(Backend):
         ref = self.model_ref
         kwargs: dict = {}
         path = Path(ref).expanduser()
-        if path.suffix == ".gguf":  # dequantised by transformers (needs the `gguf` package)
-            kwargs["gguf_file"] = path.name
-            ref = str(path.parent)
+        if path.suffix == ".gguf":
+            ref, kwargs = _converted(path)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -74,7 +79,7 @@ class TransformersBackend(Backend):
             return super().count_tokens(text)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _inputs(self, prompt: Prompt):
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
         tok = self.tokenizer
         if prompt.is_chat and tok.chat_template:
             messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
@@ -83,9 +88,10 @@ class TransformersBackend(Backend):
             text = "\n".join(m.content for m in prompt.messages) + "\n"
         else:
             text = prompt.text
-        return tok(text, return_tensors="pt", add_special_tokens=False).to(self.device)
+        return tok(text, add_special_tokens=False)["input_ids"]
 
     def _generate_kwargs(self, settings: GenerationSettings) -> dict:
+        """What one batch shares; stop strings and length caps are per request (see batching.RowStops)."""
         kw = dict(
             max_new_tokens=settings.max_new_tokens,
             do_sample=settings.do_sample,
@@ -96,58 +102,43 @@ class TransformersBackend(Backend):
         )
         if settings.do_sample:
             kw.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
-        if settings.stop:
-            kw.update(stop_strings=list(settings.stop), tokenizer=self.tokenizer)
         return kw
 
-    def _complete_sync(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
-        import torch
-
-        with self._lock, torch.inference_mode():
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
-            inputs = self._inputs(prompt)
-            out = self.model.generate(**inputs, **self._generate_kwargs(settings))
-        new = out[0, inputs["input_ids"].shape[1] :]
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Completion(text, int(new.shape[0]), int(inputs["input_ids"].shape[1]))
+    def _job(self, prompt: Prompt, settings: GenerationSettings) -> Job:
+        if self._batcher is None:
+            raise ModelError("the transformers model is not loaded yet", "call load() first")
+        return Job(self._prompt_ids(prompt), settings, asyncio.get_running_loop(), asyncio.Queue())
 
     async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
-        return await asyncio.to_thread(self._complete_sync, prompt, settings)
+        result = None
+        async for item in self._batcher.run(self._job(prompt, settings)):
+            if isinstance(item, Completion):
+                result = item
+        assert result is not None
+        return result
 
     async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str]:
-        from transformers import TextIteratorStreamer
+        async for item in self._batcher.run(self._job(prompt, settings)):
+            if isinstance(item, str):
+                yield item
 
-        def pieces():
-            import torch
-
-            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            inputs = self._inputs(prompt)
-            kw = self._generate_kwargs(settings)
-            error: list[BaseException] = []
-
-            def run():
-                try:
-                    with torch.inference_mode():
-                        if settings.seed is not None:
-                            torch.manual_seed(settings.seed)
-                        self.model.generate(**inputs, **kw, streamer=streamer)
-                except BaseException as exc:
-                    error.append(exc)
-                    streamer.end()
-
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            for text in streamer:
-                if text:
-                    yield text
-            worker.join()
-            if error:
-                raise error[0]
-
-        async for piece in iterate_in_thread(pieces, self._lock):
-            yield piece
+    @property
+    def active(self) -> int:
+        return self._batcher.active if self._batcher else 0
 
     async def aclose(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await asyncio.to_thread(batcher.close)
         self.model = None
         self.ready = False
+
+
+def _converted(path: Path) -> tuple[str, dict]:
+    """A GGUF file: the dequantised copy `charbot train` keeps in the cache (converted once, ~3 s to load after),
+    else let transformers dequantise it on every start (needs the `gguf` package)."""
+    try:
+        from charbot.train.base_model import convert_gguf
+    except ImportError:
+        return str(path.parent), {"gguf_file": path.name}
+    return str(convert_gguf(path)), {}

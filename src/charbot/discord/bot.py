@@ -22,7 +22,7 @@ from charbot.discord.metrics import Metrics
 from charbot.discord.policy import Rules
 from charbot.discord.replying import no_pings
 from charbot.engine import Engine
-from charbot.errors import ConfigError
+from charbot.errors import BackendUnavailable, ConfigError
 from charbot.retention import RetentionTask
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class CharBot(commands.AutoShardedBot):
         self.commands_synced: bool | None = None
         self.started_at = time.time()
         self._gateway: yarl.URL | None = None
+        self._warming: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def login(self, token: str) -> None:
@@ -83,7 +84,13 @@ class CharBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         # The model is loaded and warmed before the gateway connects: the bot never shows online
         # while the first reply would still pay for loading.
-        await self.engine.warm_up()
+        try:
+            await self.engine.warm_up()
+        except BackendUnavailable as exc:
+            # A remote server that is down or still loading: go online anyway, let /healthz say 503 and
+            # why, and keep warming up until the first success (users get a short error meanwhile).
+            log.warning("backend not ready (%s); retrying in the background", exc)
+            self._warming = asyncio.create_task(self._keep_warming())
         self.retention.start()
         from charbot.discord.cogs.admin import AdminCog
         from charbot.discord.cogs.chat import ChatCog
@@ -93,6 +100,19 @@ class CharBot(commands.AutoShardedBot):
         if self.sync_commands:
             self.commands_synced = await sync_if_changed(self.tree, self.application_id, self.command_hash_path())
         log.info("model ready (%s)", self.engine.backend.describe())
+
+    async def _keep_warming(self, first_wait: float = 2.0, longest_wait: float = 60.0) -> None:
+        wait = first_wait
+        while not self.is_closed():
+            await asyncio.sleep(wait)
+            try:
+                await self.engine.warm_up()
+            except BackendUnavailable as exc:
+                log.info("backend still not ready: %s", exc)
+                wait = min(wait * 2, longest_wait)
+                continue
+            log.warning("backend ready (%s)", self.engine.backend.describe())
+            return
 
     def command_hash_path(self) -> Path:
         return self.settings.resolved_db_path().parent / f"discord-commands-{self.application_id}.sha256"
@@ -115,6 +135,8 @@ class CharBot(commands.AutoShardedBot):
             await asyncio.sleep(self.identify_delay)
 
     async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
         await self.retention.stop()
         try:
             await super().close()
@@ -141,6 +163,7 @@ class CharBot(commands.AutoShardedBot):
             "ready": connected and backend_ready,
             "gateway_connected": connected,
             "backend_ready": backend_ready,
+            "backend_status": getattr(self.engine.backend, "status", "ready" if backend_ready else "loading"),
             "memory": self.engine.memory_status,
             "latency_seconds": round(latency, 4) if math.isfinite(latency) else None,
             "queue_depth": self.gate.depth,

@@ -274,8 +274,11 @@ def open_script(path: str | Path, *, speaker_col=None, line_col=None, episode_co
     size = _check_file(path)
     encoding = detect_encoding(path)
     dialect = detect_dialect(path, encoding)
-    with path.open("r", encoding=encoding, newline="") as fh:
-        header = next(csv.reader(fh, **_fmt(dialect)), [])
+    try:
+        with path.open("r", encoding=encoding, newline="") as fh:
+            header = next(csv.reader(fh, **_fmt(dialect)), [])
+    except csv.Error as exc:  # e.g. a quote opened in the header and never closed
+        raise ScriptError(f"{path}:1", f"malformed header row ({exc})", 'fix the quoting in the first row (a " inside a name is written "")') from None
     if dialect.row_names:
         header = [""] + header
     if sum(1 for h in header if h.strip()) == 0:

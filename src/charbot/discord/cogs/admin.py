@@ -14,12 +14,14 @@ from charbot.discord.policy import MessageFacts, conversation_id, permitted
 from charbot.discord.replying import no_pings
 from charbot.discord.split import split_message
 from charbot.errors import BackendError, BusyError
+from charbot.memory import MemoryStoreError
 
 if TYPE_CHECKING:
     from charbot.discord.bot import CharBot
 
 log = logging.getLogger(__name__)
 REFUSED = "You can't use me here."
+MEMORY_DOWN = "My memory can't be changed right now (the server's storage is failing); please tell the bot's operator."
 
 
 def interaction_facts(interaction: discord.Interaction) -> MessageFacts:
@@ -42,6 +44,12 @@ class AdminCog(commands.Cog):
     def engine(self):
         return self.bot.engine
 
+    async def _memory_failed(self, interaction: discord.Interaction, exc: Exception) -> None:
+        self.engine.memory_status = f"error: {exc}"
+        self.bot.metrics.errors.labels("memory").inc()
+        log.error("%s failed: %s", interaction.command.name if interaction.command else "command", exc)
+        await interaction.response.send_message(MEMORY_DOWN, ephemeral=True)
+
     async def _refused(self, interaction: discord.Interaction) -> bool:
         """Slash commands obey the same allow/block lists (and the DM switch) as messages."""
         decision = permitted(interaction_facts(interaction), self.bot.rules)
@@ -59,7 +67,11 @@ class AdminCog(commands.Cog):
         if interaction.guild is not None and not interaction.permissions.manage_messages:
             await interaction.response.send_message("Only members with Manage Messages can reset this channel.", ephemeral=True)
             return
-        forgotten = self.engine.reset(conversation_id(interaction.channel_id))
+        try:
+            forgotten = self.engine.reset(conversation_id(interaction.channel_id))
+        except MemoryStoreError as exc:
+            await self._memory_failed(interaction, exc)
+            return
         self.bot.metrics.replies.labels("reset").inc()
         await interaction.response.send_message(f"Forgot {forgotten} messages. Fresh start.")
 
@@ -81,6 +93,9 @@ class AdminCog(commands.Cog):
             card = self.engine.set_persona(conversation, name)
         except KeyError:
             await interaction.response.send_message(f"No character called {name!r}. Characters: {names}.", ephemeral=True)
+            return
+        except MemoryStoreError as exc:
+            await self._memory_failed(interaction, exc)
             return
         self.bot.metrics.replies.labels("persona").inc()
         await interaction.response.send_message(f"Now talking as **{card.name}** in this channel.")

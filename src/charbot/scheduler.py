@@ -1,0 +1,173 @@
+"""The generation scheduler: between the transports and the backend.
+
+Requests from many conversations run at once up to the backend's capacity (its `parallel` sequences when it
+batches, else one); the rest wait in a bounded FIFO. Turns of one conversation never overtake each other: a
+waiting request whose conversation is already generating is skipped until that one finishes, while other
+conversations go ahead. A request still waiting at its deadline is dropped with a message for the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from charbot.errors import BusyError
+
+# A batching backend that does not say how many sequences it takes (a remote server) gets this many at once.
+DEFAULT_BATCH_CAPACITY = 8
+_UNSET = object()
+
+
+class QueueFull(BusyError):
+    """Every slot is busy and the waiting line is full: turned away at once."""
+
+
+class DeadlineExceeded(BusyError):
+    """Waited for the model past the request's deadline: dropped before generating."""
+
+    user_message = "Sorry, too many conversations at once and yours waited too long. Please send it again."
+
+
+def backend_capacity(backend) -> int:
+    """How many generations the backend serves at once: its batch slots, or 1."""
+    if not backend.capabilities.batching:
+        return 1
+    return max(1, int(getattr(backend, "parallel", None) or DEFAULT_BATCH_CAPACITY))
+
+
+@dataclass(eq=False)
+class _Waiter:
+    key: str | None
+    future: asyncio.Future
+    since: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    """`capacity` generations at once, `max_queue` waiting, each for at most `timeout` seconds (None: no limit)."""
+
+    def __init__(self, capacity: int = 1, max_queue: int = 64, timeout: float | None = None, clock=time.monotonic):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self._clock = clock
+        self._waiting: deque[_Waiter] = deque()
+        self._running_keys: dict[str | None, int] = {}
+        self.inflight = 0
+        self.served = 0
+        self.rejected = 0
+        self.expired = 0
+
+    def configure(self, *, capacity: int | None = None, max_queue: int | None = None, timeout=_UNSET) -> None:
+        if capacity is not None:
+            self.capacity = max(1, capacity)
+        if max_queue is not None:
+            self.max_queue = max_queue
+        if timeout is not _UNSET:
+            self.timeout = timeout
+        self._dispatch()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def depth(self) -> int:
+        return self.inflight + len(self._waiting)
+
+    def deadline(self) -> float | None:
+        """The deadline of a request arriving now."""
+        return None if self.timeout is None else self._clock() + self.timeout
+
+    # --- admission -----------------------------------------------------------------------------------
+    def _can_start(self, key: str | None) -> bool:
+        return self.inflight < self.capacity and (key is None or key not in self._running_keys)
+
+    def _start(self, key: str | None) -> None:
+        self.inflight += 1
+        if key is not None:
+            self._running_keys[key] = self._running_keys.get(key, 0) + 1
+
+    def _finish(self, key: str | None) -> None:
+        self.inflight -= 1
+        self.served += 1
+        if key is not None:
+            left = self._running_keys.pop(key) - 1
+            if left:
+                self._running_keys[key] = left
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start waiters in arrival order, skipping those whose conversation is generating now."""
+        if not self._waiting or self.inflight >= self.capacity:
+            return
+        blocked: set[str | None] = set()
+        for waiter in list(self._waiting):
+            if self.inflight >= self.capacity:
+                break
+            if waiter.future.done():
+                self._waiting.remove(waiter)
+                continue
+            # an earlier waiter of the same conversation that could not start keeps its turn
+            if waiter.key is not None and waiter.key in blocked:
+                continue
+            if self._can_start(waiter.key):
+                self._waiting.remove(waiter)
+                self._start(waiter.key)
+                waiter.future.set_result(None)
+            elif waiter.key is not None:
+                blocked.add(waiter.key)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str | None = None, *, deadline: float | None = None) -> AsyncIterator[None]:
+        """Hold one generation slot. `key` (a conversation id) keeps that conversation's requests in order.
+
+        Raises QueueFull at once when the waiting line is full, DeadlineExceeded when `deadline` (a
+        `time.monotonic()` instant; default: now + timeout) passes before a slot frees up.
+        """
+        if deadline is None:
+            deadline = self.deadline()
+        same_key_waiting = key is not None and any(w.key == key for w in self._waiting)
+        if self._can_start(key) and not same_key_waiting:
+            self._start(key)
+        else:
+            if len(self._waiting) >= self.max_queue:
+                self.rejected += 1
+                raise QueueFull(
+                    f"{self.inflight} generations running and {len(self._waiting)} waiting",
+                    "raise max_queue (discord_max_queue) or parallel",
+                )
+            waiter = _Waiter(key, asyncio.get_running_loop().create_future())
+            self._waiting.append(waiter)
+            try:
+                remaining = None if deadline is None else max(0.0, deadline - self._clock())
+                await asyncio.wait_for(asyncio.shield(waiter.future), remaining)
+            except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+                if waiter.future.done() and not waiter.future.cancelled():
+                    # the slot was handed over just as we gave up: give it back
+                    self._finish_unused(key)
+                else:
+                    waiter.future.cancel()
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(waiter)
+                    self._dispatch()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                self.expired += 1
+                raise DeadlineExceeded(
+                    f"waited {self._clock() - waiter.since:.1f}s for a generation slot ({self.inflight} running)",
+                    "raise queue_timeout or parallel, or lower the load",
+                ) from None
+        try:
+            yield
+        finally:
+            self._finish(key)
+
+    def _finish_unused(self, key: str | None) -> None:
+        self.served -= 1  # it never ran
+        self._finish(key)

@@ -1,0 +1,243 @@
+"""Files and settings from users: whatever they contain, the only thing that escapes is the project's own
+one-line CharbotError (property-based with hypothesis), and path tricks get a clear error, never a hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import typing
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from charbot.config import Settings, load_settings
+from charbot.errors import CharbotError, ConfigError, PersonaError
+from charbot.persona import MAX_CARD_BYTES, load_card, parse_card
+from charbot.prepare import ScriptError, prepare
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error)
+    assert text and "\n" not in text, repr(text)
+    return text
+
+
+# --- script files (charbot prepare) --------------------------------------------------------------------
+
+cells = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+csv_like = st.lists(st.lists(cells, min_size=1, max_size=5), min_size=0, max_size=12).map(
+    lambda rows: "\n".join(st_join(r) for r in rows)
+)
+
+
+def st_join(row: list[str]) -> str:
+    return ",".join(row)
+
+
+scripts = st.one_of(
+    st.binary(max_size=600),
+    csv_like.map(lambda t: t.encode("utf-8")),
+    csv_like.map(lambda t: ("name,line\n" + t).encode("utf-8")),
+    csv_like.map(lambda t: ("episode,name,line\n1,Orla,Aye.\n" + t).encode("utf-8")),
+    st.tuples(st.sampled_from(["utf-16", "cp1252", "latin-1", "utf-8-sig"]), csv_like).map(
+        lambda p: ("name,line\n" + p[1]).encode(p[0], errors="replace")
+    ),
+)
+
+
+@FUZZ
+@given(data=scripts, character=st.sampled_from(["Orla", "orla", "Pip", "x"]))
+def test_prepare_raises_only_script_errors(data: bytes, character: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "script.csv"
+        script.write_bytes(data)
+        out = Path(tmp) / "out"
+        try:
+            result = prepare(script, character, out, context=2)
+        except ScriptError as exc:
+            assert str(script) in one_line(exc)
+            assert not out.exists() or not any(out.iterdir())  # nothing half-written
+        except CharbotError as exc:
+            one_line(exc)
+        else:
+            assert result is not None and (out / "persona.json").exists()
+
+
+def test_prepare_path_tricks_are_clear_errors(tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    sock_path = tmp_path / "s.csv"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop)
+    cases = {
+        fifo: "not a regular file", sock_path: "not a regular file", Path("/dev/zero"): "not a regular file",
+        tmp_path: "is a directory", tmp_path / "missing.csv": "no such file", loop: "",
+    }
+    try:
+        for path, says in cases.items():
+            with pytest.raises(ScriptError) as caught:
+                prepare(path, "Orla", tmp_path / "out")
+            assert says in one_line(caught.value) and str(path) in str(caught.value)
+    finally:
+        sock.close()
+    assert not (tmp_path / "out").exists()
+
+
+# --- persona cards -------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+card_fields = st.sampled_from(["name", "description", "personality", "scenario", "first_mes", "mes_example", "tags",
+                               "alternate_greetings", "extensions", "system_prompt", "character_version"])
+card_like = st.one_of(
+    json_values,
+    st.dictionaries(card_fields, json_values, max_size=6),
+    st.dictionaries(card_fields, json_values, max_size=6).map(lambda d: {"spec": "chara_card_v2", "spec_version": "2.0", "data": d}),
+    st.dictionaries(st.sampled_from(["spec", "spec_version", "data"]), json_values, max_size=3),
+)
+
+
+@FUZZ
+@given(raw=card_like)
+def test_parse_card_raises_only_persona_errors(raw):
+    try:
+        card = parse_card(raw, "fuzz.json")
+    except PersonaError as exc:
+        assert "fuzz.json" in one_line(exc)
+    else:
+        from charbot.persona import render
+
+        assert render(card, "User").system  # a card that loads also renders
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=400), card_like.map(lambda v: json.dumps(v).encode()),
+                      card_like.map(lambda v: json.dumps(v).encode("utf-16"))))
+def test_load_card_raises_only_persona_errors(data: bytes):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "card.json"
+        path.write_bytes(data)
+        try:
+            load_card(path)
+        except PersonaError as exc:
+            assert str(path) in one_line(exc)
+
+
+def test_deeply_nested_card_json_is_a_clear_error(tmp_path):
+    for i, text in enumerate(["[" * 100_000 + "]" * 100_000, '{"name": "x", "extensions": ' + '{"a": ' * 5000 + "1" + "}" * 5001]):
+        path = tmp_path / f"deep{i}.json"
+        path.write_text(text)
+        with pytest.raises(PersonaError) as caught:
+            load_card(path)
+        assert "nested too deeply" in one_line(caught.value)
+
+
+def test_card_path_tricks_and_size_limit(tmp_path):
+    big = tmp_path / "big.json"
+    with big.open("wb") as fh:
+        fh.truncate(MAX_CARD_BYTES + 1)  # sparse: costs no disk
+    fifo = tmp_path / "card.fifo"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    cases = {big: "too big", fifo: "not a file", Path("/dev/zero"): "not a file", tmp_path: "not a file",
+             tmp_path / "none.json": "no such persona card", loop: ""}
+    for path, says in cases.items():
+        with pytest.raises(PersonaError) as caught:
+            load_card(path)
+        assert says in one_line(caught.value)
+
+
+# --- settings ------------------------------------------------------------------------------------------
+
+def _bad_values(annotation) -> list[str]:
+    """Environment strings no field of this type accepts."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return ["no-such-choice"]
+    inner = [a for a in args if a is not type(None)] or [annotation]
+    kind = inner[0]
+    if typing.get_origin(kind) is typing.Literal:
+        return ["no-such-choice"]
+    if kind is bool:
+        return ["maybe"]
+    if kind in (int, float):
+        return ["lots", "-1e999"]
+    if typing.get_origin(kind) is list:
+        return ["1,2", "[1, \"x\"]", "{not json"]
+    return []
+
+
+CHECKED = [(name, value) for name, field in Settings.model_fields.items() for value in _bad_values(field.annotation)]
+
+
+def test_every_typed_setting_is_checked():
+    names = {n for n, _ in CHECKED}
+    typed = {n for n, f in Settings.model_fields.items() if f.annotation not in (str, str | None)}
+    assert typed - names <= {"persona_dir", "db_path"}, typed - names  # paths: any string is a path
+
+
+@pytest.mark.parametrize(("name", "value"), CHECKED)
+def test_invalid_setting_is_a_one_line_error_naming_it(isolated_env, monkeypatch, name, value):
+    monkeypatch.setenv(f"CHARBOT_{name.upper()}", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = one_line(caught.value)
+    assert name in message and f"CHARBOT_{name.upper()}" in message
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"CHARBOT_TEMPERATURE": "-1"}, "temperature"),
+    ({"CHARBOT_BASE_URL": "ftp://x"}, "base_url"),
+    ({"CHARBOT_DISCORD_GATEWAY_URL": "http://gw"}, "discord_gateway_url"),
+    ({"CHARBOT_DISCORD_API_URL": "discord.com/api"}, "discord_api_url"),
+    ({"CHARBOT_DISCORD_ALLOWED_USERS": "[1,x"}, "discord_allowed_users"),
+    ({"CHARBOT_CONTEXT_WINDOW": "12"}, "context_window"),
+])
+def test_cli_reports_an_invalid_setting_in_one_line(isolated_env, monkeypatch, capsys, env, says):
+    from charbot.cli import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exc:
+        main(["chat"])  # settings are checked before any input is read
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code != 0 and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("charbot: error:") and says in err
+
+
+def test_toml_with_a_bad_value_names_the_setting(isolated_env):
+    (isolated_env / "charbot.toml").write_text("[discord]\nmax_queue = \"many\"\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "discord_max_queue" in one_line(caught.value)
+
+
+# --- messages of any size ------------------------------------------------------------------------------
+
+@FUZZ
+@given(text=st.text(min_size=1, max_size=6000), fmt=st.sampled_from(["chat", "dialogpt"]), window=st.sampled_from([256, 512, 2048]))
+def test_prompt_fits_the_context_whatever_the_message(text, fmt, window):
+    from charbot.factory import sample_card_path
+    from charbot.persona import render
+    from charbot.prompt import PromptBuilder
+
+    def count(s: str) -> int:  # a rough tokenizer: words plus punctuation, like subword models' worst case
+        return len(s.split()) + sum(not c.isalnum() and not c.isspace() for c in s) // 2
+
+    builder = PromptBuilder(count, context_window=window, max_new_tokens=64, fmt=fmt, eos_token="<eos>")
+    built = builder.build(render(load_card(sample_card_path()), "User"), [], text, "Marek")
+    shown = built.prompt.text if fmt == "dialogpt" else built.prompt.messages[-1].content
+    assert count(shown) <= window - 64
+    if count(text) < 50:
+        assert text in shown  # short messages are never cut

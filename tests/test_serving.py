@@ -1,0 +1,123 @@
+"""Serving many conversations through the real bot and fake Discord: deadlines, retention, and the real
+batched llama.cpp backend under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from charbot.memory import MemoryStore, Turn
+from charbot.retention import sweep
+from charbot.scheduler import DeadlineExceeded
+from conftest import ScriptedBackend
+from fakediscord import FakeDiscord
+from fakediscord.harness import running_bot
+
+
+@pytest.fixture
+async def fake():
+    async with FakeDiscord() as server:
+        yield server
+
+
+@pytest.fixture
+def world(fake):
+    state = fake.state
+    guild = state.add_guild(channels=("a", "b", "c", "d"))
+    return guild, [state.channel(guild, n) for n in "abcd"], state.user("marek")
+
+
+async def test_message_that_waits_past_its_deadline_is_dropped_and_the_user_told(fake, world, isolated_env):
+    guild, (a, b, *_), user = world
+    backend = ScriptedBackend(["Slow and steady."])
+    async with running_bot(fake, backend, isolated_env / "m.db", discord_max_inflight=1, queue_timeout=0.2) as bot:
+        backend.delay = 1.0
+        mention = dict(guild=guild, mentions=[fake.state.bot_user])
+        await fake.say(a, user, f"<@{bot.user.id}> first", **mention)
+        await fake.wait_for(lambda: bot.gate.inflight == 1)
+        await fake.say(b, fake.state.user("ines"), f"<@{bot.user.id}> second", **mention)
+        [told] = await fake.wait_for_calls("POST", f"/channels/{b['id']}/messages")
+        assert told.json["content"] == DeadlineExceeded.user_message
+        [done] = await fake.wait_for_calls("POST", f"/channels/{a['id']}/messages")
+        assert done.json["content"] == "Slow and steady."
+        assert bot.metrics.busy.labels("deadline")._value.get() == 1
+        assert backend.calls == 2  # the warm-up and the first message; the dropped one never reached the model
+        assert bot.engine.store.count_messages(f"discord:{b['id']}") == 0
+
+
+async def test_channels_are_answered_concurrently_up_to_capacity(fake, world, isolated_env):
+    guild, channels, user = world
+    backend = ScriptedBackend(["Aye."])
+    async with running_bot(fake, backend, isolated_env / "m.db", discord_max_inflight=4) as bot:
+        backend.delay = 0.5
+        mention = dict(guild=guild, mentions=[fake.state.bot_user])
+        start = time.monotonic()
+        for ch in channels:
+            await fake.say(ch, user, f"<@{bot.user.id}> hello", **mention)
+        for ch in channels:
+            await fake.wait_for_calls("POST", f"/channels/{ch['id']}/messages")
+        # four half-second generations one after another would take 2 s
+        assert time.monotonic() - start < 1.5
+        assert bot.status()["capacity"] == 4
+
+
+def test_retention_sweep_by_age_and_by_count(tmp_path):
+    store = MemoryStore(tmp_path / "m.db")
+    for i in range(5):
+        store.add_exchange("busy", [Turn("user", f"q{i}"), Turn("assistant", f"a{i}")])
+    store.add_exchange("quiet", [Turn("user", "old"), Turn("assistant", "older")])
+    # age the quiet conversation by two days
+    store._db.execute("UPDATE messages SET created_at = created_at - 172800 WHERE conversation_id = 'quiet'")
+    store._db.execute("UPDATE conversations SET updated_at = updated_at - 172800 WHERE id = 'quiet'")
+    swept = sweep(store, retention_days=1, max_messages=4)
+    assert (swept.old_messages, swept.over_cap, swept.idle_conversations) == (2, 6, 1)
+    assert [t.content for t in store.history("busy")] == ["q3", "a3", "q4", "a4"]
+    assert store.count_messages("quiet") == 0 and store.count_conversations() == 1
+    assert sweep(store, retention_days=None, max_messages=None).total == 0
+    store.close()
+
+
+async def test_bot_runs_the_retention_sweep_periodically(fake, world, isolated_env):
+    guild, (a, *_), user = world
+    backend = ScriptedBackend(["Aye."])
+    async with running_bot(fake, backend, isolated_env / "m.db", max_messages_per_conversation=2, prune_interval=0.05) as bot:
+        mention = dict(guild=guild, mentions=[fake.state.bot_user])
+        for i in range(3):
+            await fake.say(a, user, f"<@{bot.user.id}> number {i}", **mention)
+            await fake.wait_for_calls("POST", f"/channels/{a['id']}/messages", i + 1)
+        await fake.wait_for(lambda: bot.engine.store.count_messages(f"discord:{a['id']}") == 2)
+        assert bot.retention.sweeps >= 2 and bot.retention.deleted >= 4
+        assert [t.content for t in bot.engine.store.history(f"discord:{a['id']}")] == ["number 2", "Aye."]
+    assert bot.retention._task is None  # stopped with the bot
+
+
+@pytest.mark.model
+@pytest.mark.slow
+async def test_real_batched_model_serves_channels_together_in_order(fake, world, isolated_env):
+    """The embedded model with parallel=4: two channels in flight at once, each channel's turns in order."""
+    from charbot.backends.llamacpp_batched import LlamaCppBatchedBackend
+    from charbot.models import embedded_model_path
+
+    guild, (a, b, *_), user = world
+    channels = [a, b]
+    backend = LlamaCppBatchedBackend(embedded_model_path(), context_window=1024, parallel=4, threads=1)
+    peak = 0
+
+    async with running_bot(fake, backend, isolated_env / "m.db", max_new_tokens=8, parallel=4) as bot:
+        assert bot.gate.capacity == 4
+        mention = dict(guild=guild, mentions=[fake.state.bot_user])
+        for turn in range(2):
+            for ch in channels:
+                await fake.say(ch, user, f"<@{bot.user.id}> question {turn} for {ch['name']}", **mention)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            peak = max(peak, backend.active)
+            if all(len(fake.state.calls_to("POST", f"/channels/{ch['id']}/messages")) == 2 for ch in channels):
+                break
+            await asyncio.sleep(0.01)
+        assert peak > 1
+        for ch in channels:
+            users = [t.content for t in bot.engine.store.history(f"discord:{ch['id']}") if t.role == "user"]
+            assert users == [f"question {n} for {ch['name']}" for n in range(2)]
