@@ -56,3 +56,15 @@ def test_secrets_come_from_the_named_env_var(isolated_env, monkeypatch):
     assert token.get_secret_value() == "s3cr3t-token"
     assert "s3cr3t" not in repr(token) and "s3cr3t" not in repr(s)
     assert s.secret("hf_token_env", "HUGGINGFACE_TOKEN").get_secret_value() == "hf_legacy"
+
+
+def test_a_trained_models_persona_is_picked_up(isolated_env):
+    from charbot.factory import default_persona_path, sample_card_path
+
+    model = isolated_env / "rick-model"
+    model.mkdir()
+    assert default_persona_path(load_settings(model=str(model))) == sample_card_path()
+    (model / "persona.json").write_text('{"name": "Rick"}')
+    assert default_persona_path(load_settings(model=str(model))) == model / "persona.json"
+    assert default_persona_path(load_settings(model=str(model / "model.gguf"))) == model / "persona.json"
+    assert default_persona_path(load_settings(model=str(model), persona="x.json")).name == "x.json"

@@ -25,8 +25,20 @@ def sample_script_path() -> Path:
     return Path(str(resources.files("charbot") / "data" / "sample" / "sample_script.csv"))
 
 
+def default_persona_path(settings: Settings) -> Path:
+    """The configured card; else the one `charbot train` saved beside a fine-tuned model; else the sample."""
+    if settings.persona:
+        return Path(settings.persona).expanduser()
+    if settings.model:
+        beside = Path(settings.model).expanduser()
+        beside = (beside if beside.is_dir() else beside.parent) / "persona.json"
+        if beside.is_file():
+            return beside
+    return sample_card_path()
+
+
 def load_personas(settings: Settings) -> tuple[CharacterCard, dict[str, CharacterCard]]:
-    default = load_card(settings.persona or sample_card_path())
+    default = load_card(default_persona_path(settings))
     personas = {default.name: default}
     if settings.persona_dir is not None:
         directory = Path(settings.persona_dir).expanduser()

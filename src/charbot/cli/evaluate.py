@@ -1,0 +1,47 @@
+"""`charbot eval DATA`: base vs persona-prompted base vs fine-tuned models on held-out episodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from charbot.errors import ConfigError
+
+
+def _parse_model(spec: str):
+    from charbot.eval.run import Candidate
+
+    label, sep, ref = spec.partition("=")
+    if not sep or not label or not ref:
+        raise ConfigError(f"--model {spec!r}: expected LABEL=PATH_OR_HUB_ID", "e.g. --model fine-tuned=charbot-model")
+    return Candidate(label.strip(), ref.strip(), persona=True)
+
+
+@click.command("eval")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True, help="LABEL=DIR_OR_HUB_ID of a model to compare (repeatable), e.g. fine-tuned=charbot-model.")
+@click.option("--base", "base", default=None, help="Base model compared with and without the persona (default: embedded SmolLM2-135M-Instruct).")
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), default=Path("charbot-eval"), show_default=True, help="Report directory (report.md, comparison.png, results.json).")
+@click.option("--limit", type=int, default=40, show_default=True, help="Held-out contexts to score.")
+@click.option("--max-new-tokens", type=int, default=40, show_default=True, help="Cap on each sampled reply.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, limit: int, max_new_tokens: int, seed: int) -> None:
+    """Compare models on DATA's held-out episodes (val.jsonl): perplexity, persona score, distinct-1/2, length."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from charbot.eval.run import Candidate, evaluate as run
+
+    if limit < 1:
+        raise ConfigError("--limit must be at least 1", "pass a positive number of held-out contexts")
+    candidates = [Candidate("base", base, persona=False), Candidate("base + persona", base, persona=True)] + [_parse_model(m) for m in models]
+    console = Console(stderr=True)
+    with console.status("evaluating") as status:
+        rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
+                   progress=lambda label, i, n: status.update(f"{label}: reply {i}/{n}"))
+    table = Table("model", "perplexity", "in character", "distinct-2", "mean words")
+    for r in rows:
+        table.add_row(r.label, f"{r.perplexity:.2f}", f"{r.in_character:.0%}", f"{r.distinct_2:.2f}", f"{r.mean_words:.1f}")
+    console.print(table)
+    console.print(f"report: {out / 'report.md'}")

@@ -1,0 +1,1 @@
+"""`charbot eval`: compare models on held-out episodes (perplexity, persona score, diversity)."""

@@ -1,0 +1,111 @@
+"""`charbot eval`, top to bottom: held-out examples → for each model: perplexity, sampled replies, persona
+score, diversity → markdown report + chart. Models: the base with and without the persona, and each trained one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from charbot.errors import ConfigError
+from charbot.eval import metrics
+from charbot.eval.perplexity import response_perplexity
+from charbot.eval.persona_score import PersonaClassifier
+from charbot.generation import GenerationSettings, clean_reply
+from charbot.train.data import load_prepared, resolve_format
+
+
+@dataclass
+class Candidate:
+    label: str
+    ref: str | None  # None: the embedded base model
+    persona: bool = True
+
+
+@dataclass
+class Row:
+    label: str
+    model: str
+    persona: bool
+    perplexity: float
+    in_character: float
+    distinct_1: float
+    distinct_2: float
+    mean_words: float
+    replies: list[str] = field(default_factory=list)
+
+
+def load(ref: str | None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charbot.train.base_model import resolve_base
+
+    path = resolve_base(ref)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tok, path
+
+
+def generate(model, tok, fmt: str, messages: list[dict], settings: GenerationSettings, character: str, user_names: tuple[str, ...]) -> str:
+    import torch
+
+    from charbot.train.data import render_spans
+
+    context = messages[:-1]
+    if fmt == "chat":
+        text = tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
+    else:
+        text, _ = render_spans(tok, context + [{"role": "assistant", "content": ""}], fmt)
+        text = text[: -len(tok.eos_token)]
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    torch.manual_seed(settings.seed or 0)
+    with torch.inference_mode():
+        out = model.generate(
+            **ids, max_new_tokens=settings.max_new_tokens, do_sample=True, temperature=settings.temperature, top_k=settings.top_k,
+            top_p=settings.top_p, no_repeat_ngram_size=settings.no_repeat_ngram_size, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )
+    raw = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    return clean_reply(raw, char=character, user_names=user_names)
+
+
+def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limit: int = 40, max_new_tokens: int = 40, seed: int = 0, progress=None) -> list[Row]:
+    train, val, _ = load_prepared(data_dir)
+    if not val:
+        raise ConfigError(f"{data_dir}/val.jsonl is missing or empty", "run `charbot prepare` with a validation split (held-out episodes)")
+    held_out = val[:limit]
+    character = held_out[0].speaker or "the character"
+    names = tuple(sorted({line.partition(": ")[0] for ex in train for m in ex.messages if m["role"] == "user" for line in m["content"].splitlines() if ": " in line}))
+    judge = PersonaClassifier.fit(train, seed=seed)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, seed=seed)
+    rows: list[Row] = []
+    loaded: dict = {}
+    for cand in candidates:
+        if cand.ref not in loaded:
+            loaded = {cand.ref: load(cand.ref)}  # one model in memory at a time
+        model, tok, path = loaded[cand.ref]
+        fmt = resolve_format(tok, "auto")
+        examples = held_out
+        ppl = response_perplexity(model, tok, examples, fmt, persona=cand.persona)
+        replies = []
+        for i, ex in enumerate(examples):
+            msgs = [m for m in ex.messages if cand.persona or m["role"] != "system"]
+            replies.append(generate(model, tok, fmt, msgs, settings, character, names))
+            if progress:
+                progress(cand.label, i + 1, len(examples))
+        rows.append(Row(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, ppl, judge.in_character(replies),
+                        metrics.distinct_n(replies, 1), metrics.distinct_n(replies, 2), metrics.mean_length(replies), replies))
+    real = [ex.messages[-1]["content"] for ex in held_out]
+    reference = Row("real lines (reference)", "script", True, float("nan"), judge.in_character(real), metrics.distinct_n(real, 1), metrics.distinct_n(real, 2), metrics.mean_length(real), real)
+    write_report(out_dir, character, held_out, rows, reference)
+    return rows
+
+
+def write_report(out_dir: Path, character: str, examples, rows: list[Row], reference: Row) -> None:
+    from charbot.eval.report import chart, markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chart(rows, reference, out_dir / "comparison.png", character)
+    (out_dir / "report.md").write_text(markdown(character, examples, rows, reference), encoding="utf-8")
+    (out_dir / "results.json").write_text(json.dumps([asdict(r) for r in rows + [reference]], indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Fine-tuning a character model (`charbot train`). Imports torch; never imported by serving code."""

@@ -1,0 +1,198 @@
+"""`charbot train`, top to bottom: data → base model → (LoRA) → transformers Trainer → one output directory.
+
+The Trainer runs on accelerate, so `accelerate launch -m charbot train …` spreads the same run over GPUs
+(DDP, FSDP or DeepSpeed, as `accelerate config` says) without changes here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from charbot.errors import ConfigError, ModelError
+from charbot.persona import load_card
+from charbot.train import outputs
+from charbot.train.base_model import resolve_base
+from charbot.train.config import TrainConfig
+from charbot.train.data import build_dataset, load_prepared, resolve_format
+from charbot.train.progress import CountingCollator, RichProgress, TokenRate
+
+FINAL_FILES = ("README.md", "metrics.json", "loss.png", "persona.json", "training_config.json")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict
+    log_history: list[dict]
+
+
+def load_base(base: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    except OSError as exc:
+        raise ModelError(f"could not load base model '{base}': {str(exc).splitlines()[0]}", "pass a local directory, or a hub id while the hub is reachable") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def make_collator(tokenizer, batching: str, max_length: int):
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if batching == "packed":
+        # One row per batch, examples back to back; position_ids restart at each example and transformers
+        # turns that into a block-diagonal causal mask, so no token attends across examples.
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    padding = "max_length" if batching == "padded" else True
+    return DataCollatorForSeq2Seq(tokenizer, padding=padding, max_length=max_length if batching == "padded" else None, label_pad_token_id=-100)
+
+
+def prepare_for_training(model) -> None:
+    """No KV cache while training: transformers only builds the block-diagonal mask for packed examples when
+    no cache object exists, so with the cache on, packed examples would attend to each other."""
+    model.config.use_cache = False
+
+
+def add_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=cfg.logging_steps,
+        eval_strategy=("steps" if cfg.eval_steps > 0 else "no") if has_val else "no",
+        eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        train_sampling_strategy="group_by_length" if cfg.batching == "bucketed" else "random",
+        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        dataloader_pin_memory=cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,  # the rich bar replaces it
+        remove_unused_columns=True,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+
+
+def check_output_dir(cfg: TrainConfig, out: Path) -> None:
+    if cfg.resume:
+        ckpts = out / "checkpoints"
+        if not ckpts.is_dir() or not any(ckpts.glob("checkpoint-*")):
+            raise ConfigError(f"--resume: no checkpoint in {ckpts}", "start without --resume, or point -o at the earlier run's directory")
+    elif (out / "config.json").exists() or (out / "checkpoints").exists():
+        raise ConfigError(f"output directory {out} already holds a model or checkpoints", "pass --resume to continue it, or choose another -o / delete it")
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    import torch
+    from transformers import Trainer, set_seed
+
+    cfg.validate()
+    out = Path(cfg.output_dir).expanduser()
+    check_output_dir(cfg, out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+
+    # 1. data and base model
+    train_ex, val_ex, persona_path = load_prepared(cfg.data)
+    base = resolve_base(cfg.base_model)
+    model, tokenizer = load_base(base)
+    fmt = resolve_format(tokenizer, cfg.prompt_format)
+    train_ds = build_dataset(tokenizer, train_ex, fmt, cfg.max_length, cfg.no_system)
+    val_ds = build_dataset(tokenizer, val_ex, fmt, cfg.max_length, cfg.no_system) if val_ex else None
+    character = (train_ex[0].speaker or (load_card(persona_path).name if persona_path else "the character"))
+
+    # 2. what gets trained
+    prepare_for_training(model)
+    if cfg.method == "lora":
+        model = add_lora(model, cfg)
+
+    # 3. the trainer
+    counter = CountingCollator(make_collator(tokenizer, cfg.batching, cfg.max_length))
+    rate = TokenRate(counter)
+    callbacks = [rate] + ([RichProgress(rate)] if cfg.progress else [])
+    trainer = Trainer(
+        model=model, args=training_arguments(cfg, out / "checkpoints", val_ds is not None),
+        train_dataset=train_ds, eval_dataset=val_ds, data_collator=counter, callbacks=callbacks,
+    )
+    if cfg.progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the rich bar shows loss; raw log dicts would break it up
+    metrics: dict = {"train_examples": len(train_ds), "val_examples": len(val_ds) if val_ds is not None else 0,
+                     "prompt_format": fmt, "base_model": cfg.base_model or "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    if val_ds is not None and not cfg.resume:
+        metrics["val_loss_before"] = trainer.evaluate()["eval_loss"]
+        metrics["val_perplexity_before"] = math.exp(metrics["val_loss_before"])
+    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    history = list(trainer.state.log_history)  # train() starts a fresh history; keep the step-0 validation point
+    if "val_loss_before" in metrics:
+        history.insert(0, {"step": 0, "eval_loss": metrics["val_loss_before"]})
+    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics.get("train_runtime"),
+                   steps=trainer.state.global_step, useful_tokens_per_s=round(rate.tokens_per_second, 1),
+                   useful_tokens=rate.train_tokens)
+    if val_ds is not None:
+        metrics["val_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["val_perplexity"] = math.exp(metrics["val_loss"])
+    if not trainer.is_world_process_zero():
+        return TrainResult(out, metrics, history)
+
+    # 4. one directory charbot chat/discord can load
+    model = trainer.model
+    if cfg.method == "lora":
+        model = model.merge_and_unload()  # plain weights: no peft needed to serve it
+    save_outputs(out, model, tokenizer, cfg, metrics, history, persona_path, character)
+    return TrainResult(out, metrics, history)
+
+
+def save_outputs(out: Path, model, tokenizer, cfg: TrainConfig, metrics: dict, history: list[dict], persona_path, character: str) -> None:
+    """Write everything into a hidden staging folder, then move it in: a crash never leaves half a model."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / ".saving"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    model.config.use_cache = True  # serving wants the KV cache back
+    model.generation_config = outputs.generation_config(tokenizer)
+    model.save_pretrained(stage)
+    tokenizer.save_pretrained(stage)
+    if persona_path is not None:
+        shutil.copyfile(persona_path, stage / "persona.json")
+    config = cfg.to_dict()
+    (stage / "training_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    outputs.write_metrics(stage / "metrics.json", metrics)
+    outputs.plot_losses(history, stage / "loss.png", f"{character}: fine-tuning {metrics['base_model']}")
+    (stage / "README.md").write_text(outputs.model_card(character, str(metrics["base_model"]), config, metrics), encoding="utf-8")
+    for item in stage.iterdir():
+        item.replace(out / item.name)
+    stage.rmdir()

@@ -1,0 +1,84 @@
+"""charbot eval: diversity metrics, reply perplexity, the persona judge, and the report, on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+from charbot.eval.metrics import distinct_n, mean_length  # noqa: E402
+from charbot.train.data import load_jsonl  # noqa: E402
+from train_support import make_prepared, make_tiny_base  # noqa: E402
+
+
+def test_distinct_n_counts_unique_ngrams_across_replies():
+    replies = ["aye sprat aye", "aye sprat"]
+    assert distinct_n(replies, 1) == pytest.approx(2 / 5)
+    assert distinct_n(replies, 2) == pytest.approx(2 / 3)  # (aye sprat), (sprat aye), (aye sprat)
+    assert distinct_n([], 2) == 0.0
+    assert mean_length(["Aye, sprat.", "Kettle's on"]) == pytest.approx((4 + 2) / 2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    return make_prepared(root / "data"), make_tiny_base(root / "base"), root
+
+
+def test_perplexity_falls_after_training_on_the_character(setup):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charbot.eval.perplexity import response_perplexity
+    from charbot.train.config import TrainConfig
+    from charbot.train.loop import train
+
+    data, base, root = setup
+    val = load_jsonl(data / "val.jsonl")
+    tok = AutoTokenizer.from_pretrained(base)
+    before = response_perplexity(AutoModelForCausalLM.from_pretrained(base), tok, val, "chat")
+    assert before > 100  # a random model is close to uniform over its ~400 tokens
+    out = train(TrainConfig(data=data, output_dir=root / "ft", base_model=str(base), max_steps=30, learning_rate=3e-3,
+                            batch_size=4, eval_steps=0, progress=False, threads=1)).output_dir
+    after = response_perplexity(AutoModelForCausalLM.from_pretrained(out), tok, val, "chat")
+    assert after < before * 0.7
+
+
+def test_persona_judge_tells_the_character_from_others(setup):
+    from charbot.eval.persona_score import PersonaClassifier, split_lines
+
+    data, _, _ = setup
+    train = load_jsonl(data / "train.jsonl")
+    own, other = split_lines(train)
+    assert own and other and not set(own) & set(other)
+    judge = PersonaClassifier.fit(train)
+    # On its own training lines a linear judge on sentence embeddings should be clearly better than chance.
+    assert judge.in_character(own) > 0.6
+    assert judge.in_character(other) < 0.4
+
+
+def test_eval_writes_a_report_comparing_models(setup, tmp_path):
+    from charbot.eval.run import Candidate, evaluate
+
+    data, base, root = setup
+    rows = evaluate(data, tmp_path / "report", [Candidate("base", str(base), persona=False), Candidate("base + persona", str(base))],
+                    limit=3, max_new_tokens=6)
+    assert [r.label for r in rows] == ["base", "base + persona"]
+    assert all(len(r.replies) == 3 and r.perplexity > 1 for r in rows)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| base + persona | yes |" in report and "real lines (reference)" in report
+    assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert {r["label"] for r in results} == {"base", "base + persona", "real lines (reference)"}
+
+
+def test_eval_cli_rejects_a_bad_model_spec(setup, capsys):
+    from charbot.cli import main
+
+    data, _, _ = setup
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(data), "--model", "no-equals-sign"])
+    assert exc.value.code != 0
+    assert "LABEL=PATH_OR_HUB_ID" in capsys.readouterr().err

@@ -1,0 +1,262 @@
+"""charbot train on a tiny random Llama and the project's own sample script: labels, packing, learning, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+import torch  # noqa: E402
+
+from charbot.train.config import TrainConfig  # noqa: E402
+from charbot.train.data import IGNORE, encode, load_jsonl  # noqa: E402
+from train_support import make_prepared, make_tiny_base, make_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return make_prepared(root / "data"), make_tiny_base(root / "base")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    from charbot.train.loop import train
+
+    data, base = tiny
+    out = tmp_path_factory.mktemp("run") / "out"
+    cfg = TrainConfig(data=data, output_dir=out, base_model=str(base), max_steps=24, learning_rate=3e-3, batch_size=4,
+                      eval_steps=12, logging_steps=4, save_steps=12, progress=False, threads=1, batching="packed")
+    return train(cfg), cfg
+
+
+def test_only_the_characters_tokens_carry_labels():
+    tok = make_tokenizer()
+    msgs = [
+        {"role": "system", "content": "You are Orla."},
+        {"role": "user", "content": "Pip: Is the lamp lit?"},
+        {"role": "assistant", "content": "Aye, sprat. Since dusk."},
+        {"role": "user", "content": "Marlow: And the bell?"},
+        {"role": "assistant", "content": "Rung twice, as ever."},
+    ]
+    ids, labels = encode(tok, msgs, "chat")
+    assert len(ids) == len(labels)
+    labelled = [i for i, lab in zip(ids, labels) if lab != IGNORE]
+    assert tok.decode(labelled) == "Aye, sprat. Since dusk.<|im_end|>\nRung twice, as ever.<|im_end|>\n"
+    # Everything else — system text, other speakers, role headers — is masked.
+    masked = tok.decode([i for i, lab in zip(ids, labels) if lab == IGNORE])
+    assert "Pip: Is the lamp lit?" in masked and "You are Orla." in masked and "<|im_start|>assistant" in masked
+    assert all(lab in (IGNORE, i) for i, lab in zip(ids, labels))
+
+
+def test_dialogpt_format_joins_turns_with_eos_and_labels_the_reply():
+    tok = make_tokenizer()
+    msgs = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Pip: Fog again?"}, {"role": "assistant", "content": "Aye, sprat."}]
+    ids, labels = encode(tok, msgs, "dialogpt")
+    assert tok.decode(ids) == "Pip: Fog again?<|im_end|>Aye, sprat.<|im_end|>"
+    assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == "Aye, sprat.<|im_end|>"
+
+
+def test_packed_batch_gives_the_same_logits_as_separate_examples(tiny):
+    """Padding-free packing must not let one example attend to another."""
+    from transformers import AutoModelForCausalLM, DataCollatorWithFlattening
+
+    from charbot.train.loop import prepare_for_training
+
+    _, base = tiny
+    model = AutoModelForCausalLM.from_pretrained(base)
+    prepare_for_training(model)  # what `charbot train` does before the Trainer sees the model
+    tok = make_tokenizer()
+    seqs = [tok("Aye, sprat. Mind the step.")["input_ids"], tok("The fog lifts when the gulls stop.")["input_ids"]]
+    batch = DataCollatorWithFlattening(return_position_ids=True)([{"input_ids": s} for s in seqs])
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        alone = torch.cat([model(torch.tensor([s])).logits[0] for s in seqs])
+        plain = AutoModelForCausalLM.from_pretrained(base)
+        leaky = plain(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+    assert torch.allclose(packed, alone, atol=1e-5)
+    # The trap this guards against: with the KV cache on, transformers skips the packed-sequence mask.
+    assert not torch.allclose(leaky, alone, atol=1e-5)
+
+
+def test_training_lowers_loss_and_changes_weights(tiny, trained):
+    from safetensors.torch import load_file
+
+    _, base = tiny
+    result, cfg = trained
+    m = result.metrics
+    assert m["steps"] == 24
+    assert m["val_loss"] < m["val_loss_before"] - 0.2
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
+    before, after = load_file(base / "model.safetensors"), load_file(result.output_dir / "model.safetensors")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before)  # full fine-tune: every tensor moved
+    assert m["useful_tokens"] > 0 and m["useful_tokens_per_s"] > 0
+
+
+def test_output_directory_is_complete(trained):
+    result, _ = trained
+    out = result.output_dir
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json",
+                 "persona.json", "README.md", "metrics.json", "loss.png", "training_config.json"):
+        assert (out / name).is_file(), name
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert (gen["temperature"], gen["top_k"], gen["top_p"], gen["no_repeat_ngram_size"]) == (0.8, 100, 0.7, 3)
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (out / "README.md").read_text()
+    assert "val_perplexity" in card and "Orla" in card
+    assert not (out / ".saving").exists()
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+    assert math.isclose(json.loads((out / "metrics.json").read_text())["val_loss"], result.metrics["val_loss"])
+
+
+async def test_trained_directory_chats_through_the_engine(trained, tmp_path):
+    from charbot.backends.transformers import TransformersBackend
+    from charbot.engine import Engine
+    from charbot.generation import GenerationSettings
+    from charbot.memory import MemoryStore
+    from charbot.models import guess_backend
+    from charbot.persona import load_card
+
+    out = trained[0].output_dir
+    assert guess_backend(str(out), None) == "transformers"
+    backend = TransformersBackend(str(out), device="cpu")
+    await backend.load()
+    assert backend.default_prompt_format == "chat"
+    store = MemoryStore(tmp_path / "m.db")
+    engine = Engine(backend, store, load_card(out / "persona.json"), GenerationSettings(max_new_tokens=12, seed=1))
+    reply = await engine.reply("c1", "Is the lamp lit?")
+    assert reply.completion_tokens > 0
+    assert [t.role for t in store.history("c1")] == ["user", "assistant"]
+    store.close()
+    await backend.aclose()
+
+
+def test_lora_merge_gives_the_adapters_logits(tiny):
+    from transformers import AutoModelForCausalLM
+
+    from charbot.train.loop import add_lora
+
+    _, base = tiny
+    torch.manual_seed(0)
+    model = add_lora(AutoModelForCausalLM.from_pretrained(base), TrainConfig(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero; give the adapter something to say
+            torch.nn.init.normal_(p, std=0.2)
+    model.eval()
+    ids = torch.tensor([make_tokenizer()("Aye, sprat. The lamp is lit.")["input_ids"]])
+    with torch.no_grad():
+        adapter = model(ids).logits
+        merged = model.merge_and_unload()(ids).logits
+    base_logits = AutoModelForCausalLM.from_pretrained(base)(ids).logits.detach()
+    assert not torch.allclose(adapter, base_logits, atol=1e-3)  # the adapter does change the output
+    assert torch.allclose(adapter, merged, atol=1e-5)
+
+
+def test_lora_run_saves_a_plain_merged_model(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from charbot.train.loop import train
+
+    data, base = tiny
+    result = train(TrainConfig(data=data, output_dir=tmp_path / "lora", base_model=str(base), method="lora", max_steps=6,
+                               learning_rate=1e-2, batch_size=4, eval_steps=0, progress=False, threads=1))
+    assert not (result.output_dir / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_resume_after_a_crash_reaches_the_same_weights(tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from charbot.errors import ConfigError
+    from charbot.train.loop import train
+
+    data, base = tiny
+    out = tmp_path / "r"
+    kw = dict(data=data, output_dir=out, base_model=str(base), learning_rate=1e-3, batch_size=4, eval_steps=0,
+              save_steps=3, max_steps=5, progress=False, threads=1, batching="packed")
+    train(TrainConfig(**kw))
+    uninterrupted = load_file(out / "model.safetensors")
+    with pytest.raises(ConfigError, match="already holds"):
+        train(TrainConfig(**kw))
+    # Simulate a crash after the step-3 checkpoint: nothing later survives. (packed: the random sampler resumes
+    # bit-exactly; with group_by_length the resumed batch order differs — a known gap.)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-5")
+    for item in out.iterdir():
+        if item.name != "checkpoints":
+            item.unlink()
+    result = train(TrainConfig(resume=True, **kw))
+    assert result.metrics["steps"] == 5
+    resumed = load_file(out / "model.safetensors")
+    diffs = {k: float((resumed[k] - uninterrupted[k]).abs().max()) for k in resumed}
+    assert max(diffs.values()) < 1e-6, diffs
+
+
+def test_bad_jsonl_line_is_one_line_error_and_writes_nothing(tiny, tmp_path, capsys):
+    from charbot.cli import main
+
+    data, base = tiny
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text((data / "train.jsonl").read_text().splitlines()[0] + "\n{not json\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(bad), "-o", str(out), "--base-model", str(base), "--no-progress"])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("charbot: error:") and "train.jsonl:2" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_load_jsonl_rejects_a_conversation_not_ending_with_the_character(tmp_path):
+    from charbot.errors import ConfigError
+
+    p = tmp_path / "train.jsonl"
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(ConfigError, match=r"train.jsonl:1: the last message must be the character's line"):
+        load_jsonl(p)
+
+
+def test_push_without_token_fails_after_the_local_save(trained, monkeypatch):
+    from charbot.errors import ConfigError
+    from charbot.train.hub import push
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    out = trained[0].output_dir
+    with pytest.raises(ConfigError, match="HF_TOKEN is not set") as exc:
+        push(out, "someone/orla")
+    assert str(out) in str(exc.value) and (out / "model.safetensors").is_file()
+
+
+def test_train_flags_come_from_the_config_dataclass():
+    from click.testing import CliRunner
+
+    from charbot.cli.train import train as cmd
+
+    help_text = CliRunner().invoke(cmd, ["--help"]).output
+    for flag in ("--base-model", "--method", "--batching", "--lora-r", "--resume", "--push-to-hub", "--no-system"):
+        assert flag in help_text
+
+
+def test_push_with_the_hub_unreachable_is_one_line(trained, monkeypatch):
+    import socket
+
+    from charbot.errors import ModelError
+    from charbot.train.hub import push
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    out = trained[0].output_dir
+    with pytest.raises(ModelError, match="hub unreachable") as exc:
+        push(out, "someone/orla", endpoint=f"http://127.0.0.1:{port}")
+    assert "hf_not_a_real_token" not in str(exc.value) and "\n" not in str(exc.value)
