@@ -14,7 +14,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 SPEAKERS = ["Orla", "Pip", "Dr. Hollis", "Mayor Grubb", "Tamsin", "GULL ", "\u00a0FERRYMAN", "Mrs Penhallow"]

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from conftest import ScriptedBackend
-from fakediscord import FakeDiscord, FakeState
+from fakediscord import FakeDiscord
 from fakediscord.harness import running_bot
 
 

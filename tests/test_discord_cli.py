@@ -4,7 +4,6 @@ llama.cpp, pointed at the fake Discord by the two URL settings."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal

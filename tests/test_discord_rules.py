@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from charbot.discord.limits import Cooldown, Gate
+from charbot.discord.limits import Cooldown
 from charbot.discord.policy import MessageFacts, Rules, conversation_id, should_answer, strip_mention
 from charbot.discord.split import split_message
-from charbot.errors import BusyError
 
 GUILD, CHAN, CHAT, USER, ROLE = 10, 20, 30, 40, 50
 
@@ -89,29 +87,6 @@ def test_cooldown_is_per_user():
     assert cooldown.retry_after(1) == pytest.approx(1.5)
     now[0] += 1.6
     assert cooldown.retry_after(1) == 0
-
-
-async def test_gate_bounds_running_and_waiting():
-    gate = Gate(max_inflight=1, max_queue=1)
-    release = asyncio.Event()
-    order: list[str] = []
-
-    async def job(name: str):
-        async with gate.slot():
-            order.append(name)
-            await release.wait()
-
-    first = asyncio.create_task(job("a"))
-    await asyncio.sleep(0)
-    second = asyncio.create_task(job("b"))
-    await asyncio.sleep(0)
-    assert (gate.inflight, gate.waiting, gate.depth) == (1, 1, 2)
-    with pytest.raises(BusyError):
-        async with gate.slot():
-            pass
-    release.set()
-    await asyncio.gather(first, second)
-    assert order == ["a", "b"] and gate.depth == 0
 
 
 def test_invite_permissions_match_the_docs():

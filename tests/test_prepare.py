@@ -79,7 +79,7 @@ def test_context_window_is_respected(tmp_path):
 
 
 def test_split_by_episode_is_deterministic_and_disjoint(orla, tmp_path):
-    again = prepare(sample_script_path(), "Orla", tmp_path / "again", wide_csv=True)
+    prepare(sample_script_path(), "Orla", tmp_path / "again", wide_csv=True)
     for name in ("train.jsonl", "val.jsonl"):
         assert (orla.out_dir / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     train = {r["episode"] for r in read_jsonl(orla.out_dir / "train.jsonl")}

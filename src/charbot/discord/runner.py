@@ -13,7 +13,6 @@ import discord
 from charbot.config import Settings
 from charbot.discord.bot import CharBot
 from charbot.discord.health import HealthServer
-from charbot.engine import Engine
 from charbot.errors import CharbotError, ConfigError
 
 log = logging.getLogger(__name__)
