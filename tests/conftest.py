@@ -106,3 +106,12 @@ def llama_server():
         pytest.skip(f"llama_cpp.server needs {', '.join(missing)}: pip install fastapi uvicorn sse-starlette 'starlette-context<0.4'")
     with running_server() as server:
         yield server
+
+
+@pytest.fixture
+async def fake():
+    """The loopback fake Discord (REST + gateway) of tests/fakediscord, started for one test."""
+    from fakediscord import FakeDiscord
+
+    async with FakeDiscord() as server:
+        yield server

@@ -8,14 +8,7 @@ import asyncio
 import pytest
 
 from conftest import ScriptedBackend
-from fakediscord import FakeDiscord
 from fakediscord.harness import running_bot
-
-
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
 
 
 @pytest.fixture

@@ -18,12 +18,6 @@ from fakediscord.harness import running_bot
 
 
 @pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
-
-
-@pytest.fixture
 def world(fake):
     guild = fake.state.add_guild()
     return guild, fake.state.channel(guild, "general"), fake.state.user("marek")

@@ -13,16 +13,9 @@ from aiohttp import web
 from charbot.discord.cogs.admin import REFUSED
 from charbot.errors import BackendUnavailable, ConfigError
 from conftest import ScriptedBackend
-from fakediscord import FakeDiscord
 from fakediscord.harness import running_bot
 
 PINGS = "Ahoy @everyone and @here! <@&{role}> <@{user}> <@!{user}> listen up."
-
-
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
 
 
 @pytest.fixture

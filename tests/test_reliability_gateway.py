@@ -12,14 +12,7 @@ import pytest
 
 from charbot.errors import BusyError
 from conftest import ScriptedBackend
-from fakediscord import FakeDiscord
 from fakediscord.harness import running_bot
-
-
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
 
 
 def echo(prompt) -> str:

@@ -12,14 +12,7 @@ from charbot.memory import MemoryStore, Turn
 from charbot.retention import sweep
 from charbot.scheduler import DeadlineExceeded
 from conftest import ScriptedBackend
-from fakediscord import FakeDiscord
 from fakediscord.harness import running_bot
-
-
-@pytest.fixture
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
 
 
 @pytest.fixture
