@@ -38,8 +38,9 @@ def _compare(model_dir, gguf_path, text):
     return same_tokens, ours, theirs, meta
 
 
-@pytest.mark.parametrize("dtype,tol", [("f32", 1e-3), ("f16", 5e-3)])
-def test_exported_model_matches_transformers_in_llama_cpp(tiny_base, dtype, tol):
+# quantized files differ by quantization error: the tolerances grow with fewer bits
+@pytest.mark.parametrize("dtype,tol,agree", [("f32", 1e-3, 0.95), ("f16", 5e-3, 0.95), ("q8_0", 1.5e-2, 0.9), ("q4_1", 0.12, 0.9)])
+def test_exported_model_matches_transformers_in_llama_cpp(tiny_base, dtype, tol, agree):
     from charbot.export.gguf import export_gguf
     from transformers import AutoTokenizer
 
@@ -52,7 +53,7 @@ def test_exported_model_matches_transformers_in_llama_cpp(tiny_base, dtype, tol)
     assert same_tokens  # vocab, merges and special tokens survived
     scale = np.abs(theirs).max()
     assert np.abs(ours - theirs).max() <= tol * max(1.0, scale)
-    assert (ours.argmax(-1) == theirs.argmax(-1)).mean() > 0.95
+    assert (ours.argmax(-1) == theirs.argmax(-1)).mean() > agree
     assert "<|im_start|>" in meta["tokenizer.chat_template"]
 
 

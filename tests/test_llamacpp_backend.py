@@ -91,3 +91,11 @@ async def test_truncated_gguf_is_a_model_error(tmp_path):
     backend = LlamaCppBackend(cut)
     with pytest.raises(ModelError, match="could not load"):
         await backend.load()
+
+
+def test_a_directory_with_several_exports_serves_the_smallest(tmp_path):
+    from charbot.models import check_gguf
+
+    for name, size in (("model-f16.gguf", 300), ("model-q4_1.gguf", 100), ("model-q8_0.gguf", 200)):
+        (tmp_path / name).write_bytes(b"GGUF" + b"\0" * size)
+    assert check_gguf(tmp_path).name == "model-q4_1.gguf"

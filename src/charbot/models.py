@@ -35,7 +35,7 @@ def check_gguf(path: Path) -> Path:
         ggufs = sorted(path.glob("*.gguf"))
         if not ggufs:
             raise ModelError(f"model directory {path} has no .gguf file", "export one with `charbot export-gguf` or use --backend transformers")
-        path = ggufs[0]
+        path = min(ggufs, key=lambda p: (p.stat().st_size, p.name))  # several exports: the smallest runs fastest
     try:
         with path.open("rb") as f:
             magic = f.read(4)

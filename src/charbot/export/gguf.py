@@ -89,6 +89,15 @@ def tokenizer_metadata(writer, tokenizer, vocab_size: int) -> None:
         writer.add_chat_template(tokenizer.chat_template)
 
 
+# file type, tensor type: q8_0 keeps quality, q4_1 is what the embedded model ships as (fastest on CPU)
+DTYPES = {
+    "f32": ("ALL_F32", "F32"),
+    "f16": ("MOSTLY_F16", "F16"),
+    "q8_0": ("MOSTLY_Q8_0", "Q8_0"),
+    "q4_1": ("MOSTLY_Q4_1", "Q4_1"),
+}
+
+
 def export_gguf(model_dir: Path, out: Path | None = None, dtype: str = "f16") -> Path:
     """Write `model_dir` as GGUF (default: MODEL_DIR/model-<dtype>.gguf); returns the file's path."""
     import gguf
@@ -99,8 +108,8 @@ def export_gguf(model_dir: Path, out: Path | None = None, dtype: str = "f16") ->
     model_dir = Path(model_dir).expanduser()
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir} is not an HF model directory (no config.json)", "pass the directory `charbot train` wrote")
-    if dtype not in ("f16", "f32"):
-        raise ModelError(f"unsupported GGUF dtype {dtype!r}", "use f16 or f32")
+    if dtype not in DTYPES:
+        raise ModelError(f"unsupported GGUF dtype {dtype!r}", f"use one of {', '.join(DTYPES)}")
     config = AutoConfig.from_pretrained(model_dir)
     if config.model_type not in SUPPORTED:
         raise ModelError(f"{model_dir}: architecture {config.model_type!r} cannot be exported yet", "only Llama-family models (e.g. SmolLM2) are supported")
@@ -131,7 +140,7 @@ def export_gguf(model_dir: Path, out: Path | None = None, dtype: str = "f16") ->
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
         writer.add_vocab_size(config.vocab_size)
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        writer.add_file_type(getattr(gguf.LlamaFileType, DTYPES[dtype][0]))
         tokenizer_metadata(writer, tokenizer, config.vocab_size)
 
         state = model.state_dict()
@@ -147,11 +156,16 @@ def export_gguf(model_dir: Path, out: Path | None = None, dtype: str = "f16") ->
                 data = permute_rope(data, n_head)
             elif name.endswith("attn_k.weight"):
                 data = permute_rope(data, n_kv)
-            # Norms stay F32 as llama.cpp expects; matrices take the requested type.
-            if dtype == "f16" and data.ndim == 2:
+            # Norms stay F32 as llama.cpp expects; matrices take the requested type (F16 where a row does
+            # not split into the quantizer's blocks).
+            qtype = getattr(gguf.GGMLQuantizationType, DTYPES[dtype][1])
+            block = gguf.GGML_QUANT_SIZES[qtype][0]
+            if data.ndim != 2 or qtype == gguf.GGMLQuantizationType.F32:
+                writer.add_tensor(name, data.astype(np.float32))
+            elif qtype == gguf.GGMLQuantizationType.F16 or data.shape[1] % block:
                 writer.add_tensor(name, data.astype(np.float16), raw_dtype=gguf.GGMLQuantizationType.F16)
             else:
-                writer.add_tensor(name, data.astype(np.float32))
+                writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
