@@ -35,7 +35,9 @@ class CharBot(commands.AutoShardedBot):
         settings: Settings,
         *,
         message_content: bool = True,
-        guild_ready_timeout: float = 2.0,
+        # discord.py waits this long after the last GUILD_CREATE before READY (its default: 2 s). This bot
+        # needs no member cache at start, and guilds that arrive later are served all the same.
+        guild_ready_timeout: float = 0.5,
         identify_delay: float = 5.0,
         sync_commands: bool = True,
     ):
