@@ -44,3 +44,23 @@ async def iterate_in_thread(make: Callable[[], Iterator[T]], lock: threading.Loc
     finally:
         cancelled.set()
         await asyncio.shield(worker)
+
+
+async def worker_results(queue: asyncio.Queue, cancelled: threading.Event) -> AsyncIterator:
+    """Text pieces, then the Completion, that a batching worker thread puts on `queue` for one request.
+
+    A worker's exception is raised here; a consumer that stops early sets `cancelled`, so the worker frees the
+    request's slot at its next step.
+    """
+    from charbot.backends.base import Completion
+
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Completion):
+                return
+    finally:
+        cancelled.set()

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from charbot.backends._threads import worker_results
 from charbot.backends.base import Completion
 from charbot.errors import BackendError
 from charbot.generation import GenerationSettings
@@ -144,16 +145,8 @@ class Batcher:
                 raise BackendError("the transformers backend is closed")
             self.jobs.append(job)
             self.cond.notify()
-        try:
-            while True:
-                item = await job.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Completion):
-                    return
-        finally:
-            job.cancelled.set()  # a consumer that stops early ends its row at the next step
+        async for item in worker_results(job.queue, job.cancelled):
+            yield item
 
     def close(self) -> None:
         with self.cond:

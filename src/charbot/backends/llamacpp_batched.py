@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charbot.backends._threads import worker_results
 from charbot.backends.base import Backend, Capabilities, Completion, Prompt
 from charbot.errors import BackendError, ModelError
 from charbot.generation import GenerationSettings, NoRepeatNGram
@@ -399,16 +400,8 @@ class LlamaCppBatchedBackend(Backend):
         loop = asyncio.get_running_loop()
         req = _Request(self._prompt_tokens(prompt), settings, loop, asyncio.Queue())
         self._ctx.submit(req)
-        try:
-            while True:
-                item = await req.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Completion):
-                    return
-        finally:
-            req.cancelled.set()  # a consumer that stops early frees its slot
+        async for item in worker_results(req.queue, req.cancelled):
+            yield item
 
     @property
     def active(self) -> int:
