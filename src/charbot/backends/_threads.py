@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TypeVar
+
+from charbot.generation import GenerationSettings
 
 T = TypeVar("T")
 _DONE = object()
@@ -44,6 +47,21 @@ async def iterate_in_thread(make: Callable[[], Iterator[T]], lock: threading.Loc
     finally:
         cancelled.set()
         await asyncio.shield(worker)
+
+
+@dataclass(eq=False)
+class WorkerRequest:
+    """One generation handed to a batching worker thread: prompt tokens in, pieces and a Completion out."""
+
+    tokens: list[int]
+    settings: GenerationSettings
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, item) -> None:
+        """Called from the worker thread: hands `item` to the waiting coroutine."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 async def worker_results(queue: asyncio.Queue, cancelled: threading.Event) -> AsyncIterator:

@@ -8,13 +8,11 @@ caps and cancellation are per row (`RowStops`); text streams per row (`RowStream
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
-from charbot.backends._threads import worker_results
+from charbot.backends._threads import WorkerRequest, worker_results
 from charbot.backends.base import Completion
 from charbot.errors import BackendError
 from charbot.generation import GenerationSettings
@@ -22,16 +20,6 @@ from charbot.generation import GenerationSettings
 _DONE = object()
 
 
-@dataclass(eq=False)
-class Job:
-    ids: list[int]
-    settings: GenerationSettings
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def emit(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 def batch_key(s: GenerationSettings) -> tuple | None:
@@ -45,7 +33,7 @@ def batch_key(s: GenerationSettings) -> tuple | None:
 class Row:
     """One request's share of a batch: its tokens so far, when it finished, the text it has streamed."""
 
-    def __init__(self, job: Job, tokenizer, eos_ids: set[int]):
+    def __init__(self, job: WorkerRequest, tokenizer, eos_ids: set[int]):
         self.job = job
         self.tok = tokenizer
         self.eos_ids = eos_ids
@@ -81,7 +69,7 @@ class Row:
         cut = min((text.find(stop) for stop in self.job.settings.stop if stop and stop in text), default=-1)
         if cut >= 0:
             text = text[:cut]
-        return Completion(text, len(self.tokens), len(self.job.ids), self.finished or "length")
+        return Completion(text, len(self.tokens), len(self.job.tokens), self.finished or "length")
 
 
 class RowStops:
@@ -127,7 +115,7 @@ class Batcher:
     def __init__(self, backend, max_batch: int):
         self.backend = backend
         self.max_batch = max(1, max_batch)
-        self.jobs: deque[Job] = deque()
+        self.jobs: deque[WorkerRequest] = deque()
         self.running = 0
         self.batches = 0
         self.cond = threading.Condition()
@@ -139,7 +127,7 @@ class Batcher:
     def active(self) -> int:
         return self.running + len(self.jobs)
 
-    async def run(self, job: Job) -> AsyncIterator[str | Completion]:
+    async def run(self, job: WorkerRequest) -> AsyncIterator[str | Completion]:
         with self.cond:
             if self.closed:
                 raise BackendError("the transformers backend is closed")
@@ -154,7 +142,7 @@ class Batcher:
             self.cond.notify()
         self.thread.join(timeout=60)
 
-    def _take(self) -> list[Job] | None:
+    def _take(self) -> list[WorkerRequest] | None:
         with self.cond:
             while not self.closed and not self.jobs:
                 self.cond.wait()
@@ -191,17 +179,17 @@ class Batcher:
             finally:
                 self.running = 0
 
-    def generate(self, jobs: list[Job]) -> None:
+    def generate(self, jobs: list[WorkerRequest]) -> None:
         import torch
         from transformers import StoppingCriteriaList
 
         b = self.backend
         tok = b.tokenizer
-        width = max(len(j.ids) for j in jobs)
+        width = max(len(j.tokens) for j in jobs)
         pad = tok.pad_token_id
         # Left padding: every row's next token comes at the same column; the mask hides the padding.
-        input_ids = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in jobs], device=b.device)
-        mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=b.device)
+        input_ids = torch.tensor([[pad] * (width - len(j.tokens)) + j.tokens for j in jobs], device=b.device)
+        mask = torch.tensor([[0] * (width - len(j.tokens)) + [1] * len(j.tokens) for j in jobs], device=b.device)
         eos = b.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
         eos_ids.discard(None)

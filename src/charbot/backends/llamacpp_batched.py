@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charbot.backends._threads import worker_results
+from charbot.backends._threads import WorkerRequest, worker_results
 from charbot.backends.base import Backend, Capabilities, Completion, Prompt
 from charbot.errors import BackendError, ModelError
 from charbot.generation import GenerationSettings, NoRepeatNGram
@@ -32,18 +32,9 @@ MIN_SHARED = 16  # tokens a prompt must share with one being read before it wait
 
 
 @dataclass
-class _Request:
-    tokens: list[int]
-    settings: GenerationSettings
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
 class _Slot:
     seq: int
-    req: _Request
+    req: WorkerRequest
     sampler: object
     prompt: list[int]
     pending: list[int]  # prompt tokens not yet decoded
@@ -92,7 +83,7 @@ class _BatchedContext:
         self.batch = L.llama_batch_init(n_batch, 0, 1)
         self.prefix_tokens: list[int] = []
         self._new_prefix: tuple[int, list[int]] | None = None
-        self.pending: deque[_Request] = deque()
+        self.pending: deque[WorkerRequest] = deque()
         self.slots: dict[int, _Slot] = {}
         self.cond = threading.Condition()
         self.closed = False
@@ -116,7 +107,7 @@ class _BatchedContext:
         return buf.raw[:n] if n > 0 else b""
 
     # --- requests -------------------------------------------------------------------------------------
-    def submit(self, req: _Request) -> None:
+    def submit(self, req: WorkerRequest) -> None:
         with self.cond:
             if self.closed:
                 raise BackendError("the llama.cpp backend is closed")
@@ -133,9 +124,6 @@ class _BatchedContext:
         L.llama_free(self.ctx)
         L.llama_model_free(self.model)
 
-    def _emit(self, req: _Request, item) -> None:
-        req.loop.call_soon_threadsafe(req.queue.put_nowait, item)
-
     # --- the worker -----------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -146,7 +134,7 @@ class _BatchedContext:
                     for slot in list(self.slots.values()):
                         self._finish(slot, "cancelled")
                     while self.pending:
-                        self._emit(self.pending.popleft(), BackendError("the llama.cpp backend was closed"))
+                        self.pending.popleft().emit(BackendError("the llama.cpp backend was closed"))
                     return
                 while self.pending and len(self.slots) < self.n_parallel:
                     self._admit(self.pending.popleft())
@@ -155,9 +143,9 @@ class _BatchedContext:
             except Exception as exc:  # a failed decode fails the sequences in it, not the worker
                 for slot in list(self.slots.values()):
                     self._release(slot)
-                    self._emit(slot.req, BackendError(f"llama.cpp decode failed: {exc}"))
+                    slot.req.emit(BackendError(f"llama.cpp decode failed: {exc}"))
 
-    def _admit(self, req: _Request) -> None:
+    def _admit(self, req: WorkerRequest) -> None:
         L = self.L
         if req.cancelled.is_set():
             return
@@ -305,18 +293,18 @@ class _BatchedContext:
             at = slot.text.find(stop, max(0, before - len(stop)))
             if stop and at != -1:
                 if at > before:
-                    self._emit(slot.req, slot.text[before:at])
+                    slot.req.emit(slot.text[before:at])
                 slot.text = slot.text[:at]
                 return self._finish(slot, "stop")
         if piece:
-            self._emit(slot.req, piece)
+            slot.req.emit(piece)
         if slot.generated >= s.max_new_tokens or slot.pos >= self.n_ctx_per_seq - 1:
             return self._finish(slot, "length")
         slot.next_token = token
 
     def _finish(self, slot: _Slot, reason: str) -> None:
         self._release(slot)  # first, so a caller woken by the result already sees the slot free
-        self._emit(slot.req, Completion(slot.text, slot.generated, len(slot.req.tokens), reason))
+        slot.req.emit(Completion(slot.text, slot.generated, len(slot.req.tokens), reason))
 
     def _release(self, slot: _Slot) -> None:
         self.L.llama_sampler_free(slot.sampler)
@@ -398,7 +386,7 @@ class LlamaCppBatchedBackend(Backend):
         if self._ctx is None:
             raise BackendError("the llama.cpp model is not loaded yet", "call load() first")
         loop = asyncio.get_running_loop()
-        req = _Request(self._prompt_tokens(prompt), settings, loop, asyncio.Queue())
+        req = WorkerRequest(self._prompt_tokens(prompt), settings, loop, asyncio.Queue())
         self._ctx.submit(req)
         async for item in worker_results(req.queue, req.cancelled):
             yield item

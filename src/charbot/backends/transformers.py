@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from charbot.backends.base import Backend, Capabilities, Completion, Prompt
-from charbot.backends.batching import Batcher, Job
+from charbot.backends._threads import WorkerRequest
+from charbot.backends.batching import Batcher
 from charbot.errors import ModelError
 from charbot.generation import GenerationSettings
 
@@ -104,10 +105,10 @@ class TransformersBackend(Backend):
             kw.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
         return kw
 
-    def _job(self, prompt: Prompt, settings: GenerationSettings) -> Job:
+    def _job(self, prompt: Prompt, settings: GenerationSettings) -> WorkerRequest:
         if self._batcher is None:
             raise ModelError("the transformers model is not loaded yet", "call load() first")
-        return Job(self._prompt_ids(prompt), settings, asyncio.get_running_loop(), asyncio.Queue())
+        return WorkerRequest(self._prompt_ids(prompt), settings, asyncio.get_running_loop(), asyncio.Queue())
 
     async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
         result = None
