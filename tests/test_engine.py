@@ -34,7 +34,7 @@ async def test_conversation_survives_restart(tmp_path, sample_card):
     await engine.reply("chan", "What did it break?", speaker="Sam")
     contents = [m.content for m in second.prompts[0].messages]
     assert "Sam: Tell me about the big storm" in contents
-    assert "Aye, I remember the storm of '09." in contents
+    assert "Orla: Aye, I remember the storm of '09." in contents  # speakers named, so the character is too
     assert contents[-1] == "Sam: What did it break?"
     engine.store.close()
 

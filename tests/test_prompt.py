@@ -22,11 +22,22 @@ def test_everything_fits(sample_card):
     built = builder(4096).build(render(sample_card, "Sam"), history(3), "and now?", "Sam")
     msgs = built.prompt.messages
     assert msgs[0].role == "system" and "Example of how Orla talks" in msgs[0].content
-    assert msgs[1].role == "assistant" and msgs[1].content.startswith("Mind the ninth step")  # the greeting
+    assert msgs[1].role == "assistant" and msgs[1].content.startswith("Orla: Mind the ninth step")  # the greeting
     assert [m.role for m in msgs[2:]] == ["user", "assistant"] * 3 + ["user"]
     assert msgs[2].content == "Sam: question number 0"  # speakers named so users can be told apart
+    assert msgs[3].content == "Orla: answer number 0"  # ...and so is the character, in the same "Name: " form
     assert msgs[-1].content == "Sam: and now?"
+    assert built.prompt.reply_prefix == "Orla:"  # the reply is begun as the character's line
     assert built.examples_kept and built.turns_kept == 6
+
+
+def test_unnamed_chat_has_plain_turns_and_no_prefix(sample_card):
+    turns = [Turn("user", "question number 0"), Turn("assistant", "answer number 0", "Orla")]
+    built = builder(4096).build(render(sample_card, "you"), turns, "and now?", None)
+    msgs = built.prompt.messages
+    assert [m.content for m in msgs[2:]] == ["question number 0", "answer number 0", "and now?"]
+    assert msgs[1].content.startswith("Mind the ninth step")
+    assert built.prompt.reply_prefix == ""
 
 
 def test_examples_dropped_before_turns(sample_card):
@@ -51,7 +62,7 @@ def test_oldest_turns_dropped_when_short(sample_card):
     assert built.turns_kept == 3
     contents = [m.content for m in built.prompt.messages[1:]]
     assert contents[-1] == "Sam: and now?"
-    assert "answer number 9" in contents  # the newest survive
+    assert "Orla: answer number 9" in contents  # the newest survive
     assert not any("number 0" in c for c in contents)
 
 

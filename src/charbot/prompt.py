@@ -72,11 +72,18 @@ class PromptBuilder:
     # --- chat-template models ------------------------------------------------------------------------
     def _chat(self, persona: RenderedPersona, history: Sequence[Turn], new: Turn) -> BuiltPrompt:
         system_core = persona.system + (f"\n{persona.post_history}" if persona.post_history else "")
-        cost = [self._turn_cost(t) for t in history]
-        fixed = self.count(system_core) + MESSAGE_OVERHEAD + self._turn_cost(new) + MESSAGE_OVERHEAD
+        # Where speakers are named ("sam: hi"), the character is named too: a small model shown only the
+        # other side's "Name: " lines writes its reply as one of them, which is then an unusable reply.
+        char = persona.char if new.speaker is not None else None
+
+        def shown(turn: Turn) -> str:
+            return speaker_text(turn.content, char if turn.role == "assistant" else turn.speaker)
+
+        cost = [self.count(shown(t)) + MESSAGE_OVERHEAD for t in history]
+        fixed = self.count(system_core) + MESSAGE_OVERHEAD + self.count(shown(new)) + 2 * MESSAGE_OVERHEAD
         # example dialogue and the greeting show the character's voice; they are the first to go
         examples_cost = (self.count(persona.examples) + 2 if persona.examples else 0) + (
-            self.count(persona.greeting) + MESSAGE_OVERHEAD if persona.greeting else 0
+            self.count(speaker_text(persona.greeting, char)) + MESSAGE_OVERHEAD if persona.greeting else 0
         )
         has_examples = bool(persona.examples or persona.greeting)
         keep_examples = has_examples and fixed + examples_cost + sum(cost) <= self.budget
@@ -90,14 +97,11 @@ class PromptBuilder:
         system = system_core + (f"\n\n{persona.examples}" if keep_examples and persona.examples else "")
         messages = [Message("system", system)]
         if keep_examples and persona.greeting:
-            messages.append(Message("assistant", persona.greeting))
+            messages.append(Message("assistant", speaker_text(persona.greeting, char)))
         for turn in list(history)[len(history) - kept :] + [new]:
-            content = turn.content if turn.role == "assistant" else speaker_text(turn.content, turn.speaker)
-            messages.append(Message(turn.role, content))  # type: ignore[arg-type]
-        return BuiltPrompt(Prompt(messages=tuple(messages)), kept, len(history), keep_examples, used)
-
-    def _turn_cost(self, turn: Turn) -> int:
-        return self.count(speaker_text(turn.content, turn.speaker)) + MESSAGE_OVERHEAD
+            messages.append(Message(turn.role, shown(turn)))  # type: ignore[arg-type]
+        prefix = f"{char}:" if char else ""  # and the reply is begun as the character's line
+        return BuiltPrompt(Prompt(messages=tuple(messages), reply_prefix=prefix), kept, len(history), keep_examples, used)
 
     # --- DialoGPT-style models: turns joined by EOS, no persona (the model cannot take one) ------------
     def _dialogpt(self, history: Sequence[Turn], new: Turn) -> BuiltPrompt:

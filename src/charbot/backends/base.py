@@ -24,6 +24,9 @@ class Prompt:
 
     messages: tuple[Message, ...] = ()
     text: str | None = None
+    # The reply's first words, already written for the model ("Orla:" where speakers are named). Backends
+    # that render the chat template themselves continue from it; chat APIs cannot, and ignore it.
+    reply_prefix: str = ""
 
     @property
     def is_chat(self) -> bool:

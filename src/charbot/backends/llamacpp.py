@@ -46,6 +46,7 @@ class LlamaCppBackend(Backend):
         self.threads = threads or os.cpu_count() or 1
         self.seed = seed
         self._llm = None
+        self._formatter = None
         self._lock = threading.Lock()  # one llama.cpp context: one generation at a time
 
     async def load(self) -> None:
@@ -70,7 +71,14 @@ class LlamaCppBackend(Backend):
                 f"llama.cpp could not load {self.model_path} ({exc})", "the file may be truncated or corrupt: re-download or re-export it"
             ) from None
         self.eos_token = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "ignore") or None
-        if not llm.metadata.get("tokenizer.chat_template"):
+        template = llm.metadata.get("tokenizer.chat_template")
+        if template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            # Rendered here rather than by create_chat_completion, so a reply can continue from `reply_prefix`.
+            bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "ignore") if llm.token_bos() >= 0 else ""
+            self._formatter = Jinja2ChatFormatter(template, eos_token=self.eos_token or "", bos_token=bos)
+        else:
             self.default_prompt_format = "dialogpt"
         return llm
 
@@ -102,18 +110,24 @@ class LlamaCppBackend(Backend):
             kw["logits_processor"] = LogitsProcessorList([NoRepeatNGramProcessor(settings.no_repeat_ngram_size)])
         return kw
 
+    def _input(self, prompt: Prompt) -> str | list[int]:
+        if not prompt.is_chat:
+            return prompt.text or ""
+        if self._formatter is None:  # chat messages for a model without a template: plain "Name: text" lines
+            return "\n".join(m.content for m in prompt.messages) + "\n"
+        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+        text = self._formatter(messages=messages).prompt + prompt.reply_prefix
+        # as create_chat_completion does: the template writes any BOS itself
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
     def _call(self, prompt: Prompt, settings: GenerationSettings, stream: bool):
-        kw = self._kwargs(settings)
-        if prompt.is_chat:
-            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-            return self.llm.create_chat_completion(messages=messages, stream=stream, **kw)
-        return self.llm.create_completion(prompt=prompt.text, stream=stream, **kw)
+        return self.llm.create_completion(prompt=self._input(prompt), stream=stream, **self._kwargs(settings))
 
     def _complete_sync(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
         with self._lock:
             out = self._call(prompt, settings, stream=False)
         choice = out["choices"][0]
-        text = choice["message"]["content"] if prompt.is_chat else choice["text"]
+        text = choice["text"]
         usage = out.get("usage", {})
         return Completion(text or "", usage.get("completion_tokens", 0), usage.get("prompt_tokens", 0), choice.get("finish_reason") or "stop")
 
@@ -124,7 +138,7 @@ class LlamaCppBackend(Backend):
         def pieces():
             for chunk in self._call(prompt, settings, stream=True):
                 choice = chunk["choices"][0]
-                text = choice.get("delta", {}).get("content") if prompt.is_chat else choice.get("text")
+                text = choice.get("text")
                 if text:
                     yield text
 

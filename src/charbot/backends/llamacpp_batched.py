@@ -364,7 +364,7 @@ class LlamaCppBatchedBackend(Backend):
                 text = "\n".join(m.content for m in prompt.messages) + "\n"
             else:
                 messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-                text = self._formatter(messages=messages).prompt
+                text = self._formatter(messages=messages).prompt + prompt.reply_prefix
         else:
             text = prompt.text or ""
         return self._ctx.tokenize(text, add_special=self._add_bos)

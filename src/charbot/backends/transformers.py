@@ -84,7 +84,7 @@ class TransformersBackend(Backend):
         tok = self.tokenizer
         if prompt.is_chat and tok.chat_template:
             messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prompt.reply_prefix
         elif prompt.is_chat:  # chat messages for a model without a template: plain "Name: text" lines
             text = "\n".join(m.content for m in prompt.messages) + "\n"
         else:
