@@ -74,3 +74,21 @@ async def test_consumer_that_stops_early_frees_its_slot(batched):
 def test_parallel_setting_selects_the_batched_backend(isolated_env):
     assert isinstance(create_backend(load_settings(parallel=4)), LlamaCppBatchedBackend)
     assert isinstance(create_backend(load_settings()), LlamaCppBackend)
+
+
+async def test_reply_prefix_is_continued_not_repeated(batched):
+    """Both llama.cpp backends feed `reply_prefix` to the model after the generation prompt and return only
+    what follows it; with the same prefix they continue the same way."""
+    single = LlamaCppBackend(embedded_model_path(), context_window=512, threads=2)
+    await single.load()
+    plain = ask("Who keeps the light?")
+    primed = Prompt(messages=plain.messages, reply_prefix="Orla: The")
+    extra = single.count_tokens("Orla: The")
+    for backend in (single, batched):
+        a = await backend.complete(plain, GREEDY)
+        b = await backend.complete(primed, GREEDY)
+        assert b.prompt_tokens == a.prompt_tokens + extra, backend
+        assert not b.text.lstrip().startswith(("Orla:", "The ")), b.text
+    s, t = (await single.complete(primed, GREEDY)).text, (await batched.complete(primed, GREEDY)).text
+    await single.aclose()
+    assert s.split()[:1] == t.split()[:1], (s, t)

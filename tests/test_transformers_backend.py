@@ -39,6 +39,8 @@ async def test_chat_model_generates_and_streams(chat_model):
     pieces = [p async for p in backend.stream(prompt, settings)]
     assert "".join(pieces) == out.text
     assert backend.count_tokens("Hello there") >= 2
+    primed = await backend.complete(Prompt(messages=prompt.messages, reply_prefix="Orla:"), settings)
+    assert primed.prompt_tokens == out.prompt_tokens + backend.count_tokens("Orla:")  # continued after the prefix
 
 
 async def test_dialogpt_style_model_through_the_engine(plain_model, store, sample_card):

@@ -3,7 +3,8 @@
 One worker thread owns the context. Each step it builds one batch from (a) the next token of every sequence
 that is generating and (b) prompt tokens of newly admitted sequences, up to `n_batch` — so a long prompt never
 stalls the others for more than a step. Prompts that share a prefix with the previous one (the persona's
-system prompt, in practice) copy its KV cells instead of recomputing them.
+system prompt, in practice) copy its KV cells instead of recomputing them. Each sequence has its own KV stream,
+so a sequence attends over its own cells only.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ class _BatchedContext:
         cp.n_seq_max = n_parallel + 1
         cp.n_threads = threads
         cp.n_threads_batch = threads
-        cp.kv_unified = True  # sequences share cells, so copying a prefix is free
+        # One KV stream per sequence: in a unified cache every token attends over every sequence's cells
+        # (masked), which made a lone request 3x slower once the cache had been used by a burst.
+        cp.kv_unified = False
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the high-level Llama does: same numerics
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
@@ -202,9 +205,17 @@ class _BatchedContext:
     def _start_from_cache(self, slot: _Slot) -> None:
         common = self._cached(slot.prompt)
         if common > 0:
-            self.L.llama_memory_seq_cp(self.mem, self.prefix_seq, slot.seq, 0, common)
+            self._copy(self.prefix_seq, slot.seq, common)
         slot.pos = common
         slot.pending = slot.prompt[common:]
+
+    def _copy(self, src: int, dst: int, n: int) -> None:
+        """`dst` gets the first `n` positions of `src`. Streams are copied whole (llama.cpp copies between
+        streams only that way), then the tail is dropped."""
+        L = self.L
+        L.llama_memory_seq_rm(self.mem, dst, -1, -1)
+        L.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+        L.llama_memory_seq_rm(self.mem, dst, n, -1)
 
     def _catch_up(self, slot: _Slot) -> None:
         leader, shared = slot.follow
@@ -212,7 +223,7 @@ class _BatchedContext:
             slot.follow = None
             self._start_from_cache(slot)
         elif leader.pos >= shared:
-            self.L.llama_memory_seq_cp(self.mem, leader.seq, slot.seq, 0, shared)
+            self._copy(leader.seq, slot.seq, shared)
             slot.follow = None
             slot.pos = shared
             slot.pending = slot.prompt[shared:]
@@ -254,8 +265,7 @@ class _BatchedContext:
         new_prefix = self._new_prefix
         if new_prefix is not None and new_prefix[0] in self.slots and self._prompt_read(self.slots[new_prefix[0]]):
             seq, tokens = new_prefix
-            L.llama_memory_seq_rm(self.mem, self.prefix_seq, -1, -1)
-            L.llama_memory_seq_cp(self.mem, seq, self.prefix_seq, 0, len(tokens))
+            self._copy(seq, self.prefix_seq, len(tokens))
             self.prefix_tokens = tokens
             self._new_prefix = None
         for index, slot in wants_logits:
