@@ -261,3 +261,34 @@ def test_prepare_imports_no_torch():
     code = "import sys, charbot.prepare, charbot.cli.prepare; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("val_fraction", [0.1, 0.0001])  # 0.0001: the val episode is moved there after the pass
+def test_cast_adds_other_speakers_to_train_only(tmp_path, val_fraction):
+    plain = prepare(sample_script_path(), "Orla", tmp_path / "plain", val_fraction=val_fraction)
+    res = prepare(sample_script_path(), "Orla", tmp_path / "cast", val_fraction=val_fraction, cast=1)
+    assert (tmp_path / "cast" / "val.jsonl").read_bytes() == (tmp_path / "plain" / "val.jsonl").read_bytes()
+    train = read_jsonl(tmp_path / "cast" / "train.jsonl")
+    own = [r for r in train if r["speaker"] == "Orla"]
+    assert own == read_jsonl(tmp_path / "plain" / "train.jsonl")
+    cast = [r for r in train if r["speaker"] != "Orla"]
+    val_episodes = {r["episode"] for r in read_jsonl(tmp_path / "cast" / "val.jsonl")}
+    assert val_episodes and not {r["episode"] for r in cast} & val_episodes  # nothing held out is trained on
+    assert {r["speaker"] for r in cast} == {"Pip", "Dr. Hollis", "Mayor Grubb", "Tamsin"}
+    for r in cast:  # each speaker is the character of its own examples
+        assert r["messages"][0]["content"].startswith(f"You are {r['speaker']}.")
+        assert r["messages"][-1]["role"] == "assistant" and f"{r['speaker']}: " not in r["messages"][-1]["content"]
+    assert res.report.cast["examples"] == len(cast) > len(own)
+    assert res.report.cast["speakers"] == 4 and plain.report.cast == {}
+    assert sorted(p.name for p in (tmp_path / "cast").iterdir()) == ["persona.json", "report.json", "train.jsonl", "val.jsonl"]
+
+
+def test_cast_minimum_lines_filters_speakers(tmp_path):
+    lines = {}
+    for _, speaker, _ in sample_rows():
+        lines[speaker] = lines.get(speaker, 0) + 1
+    cutoff = sorted(n for s, n in lines.items() if s != "Orla")[-1]  # only the busiest other speaker qualifies
+    res = prepare(sample_script_path(), "Orla", tmp_path / "o", cast=cutoff)
+    busiest = max((s for s in lines if s != "Orla"), key=lines.get)
+    cast = [r for r in read_jsonl(tmp_path / "o" / "train.jsonl") if r["speaker"] != "Orla"]
+    assert {r["speaker"] for r in cast} == {busiest} and res.report.cast["speakers"] == 1

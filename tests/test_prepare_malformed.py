@@ -40,6 +40,8 @@ CASES = {
     "context negative": (GOOD, ["--context", "-3"], "--context -3 is not a valid number", None),
     "context not a number": (GOOD, ["--context", "seven"], "--context 'seven' is not a whole number", None),
     "val fraction out of range": (GOOD, ["--val-fraction", "1.5"], "--val-fraction 1.5 is outside", None),
+    "cast negative": (GOOD, ["--cast", "-1"], "--cast -1 is negative", None),
+    "cast not a number": (GOOD, ["--cast", "some"], "--cast 'some' is not a whole number", None),
     "speaker column missing": (GOOD, ["--speaker-col", "who"], "--speaker-col 'who' is not a column", 1),
     "same speaker and line column": (GOOD, ["--speaker-col", "line", "--line-col", "line"], "same column", 1),
     "unreadable path": (None, [], "no such file", None),

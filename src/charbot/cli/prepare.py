@@ -25,10 +25,13 @@ def _number(script: str, value: str, flag: str, kind):
 @click.option("--episode-col", help="Episode/scene column name or number (default: detected; none = one episode).")
 @click.option("--val-fraction", default="0.1", show_default=True, help="Share of episodes held out for validation.")
 @click.option("--wide-csv", is_flag=True, help="Also write the tutorial's wide table (response, context, context/0…).")
+@click.option("--cast", default="0", show_default=True, metavar="MIN_LINES",
+              help="Also train on every other speaker with at least MIN_LINES lines, each as itself (train episodes only): "
+                   "more of the show's dialogue for a small script. 0: off.")
 @click.option("--force", is_flag=True, help="Redraft persona.json even if it exists (it is kept by default).")
 @click.option("--kaggle", metavar="OWNER/DATASET[/FILE]", help="Download the script from Kaggle (needs Kaggle credentials).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
-def prepare(script, character, out, context, alias, speaker_col, line_col, episode_col, val_fraction, wide_csv, force, kaggle, quiet):
+def prepare(script, character, out, context, alias, speaker_col, line_col, episode_col, val_fraction, wide_csv, cast, force, kaggle, quiet):
     """Turn a script (CSV/TSV/R export: who said what) into train/val JSONL and a persona card for one character."""
     from rich.console import Console
 
@@ -49,6 +52,7 @@ def prepare(script, character, out, context, alias, speaker_col, line_col, episo
         context=_number(script, context, "--context", int), aliases=alias,
         speaker_col=speaker_col, line_col=line_col, episode_col=episode_col,
         val_fraction=_number(script, val_fraction, "--val-fraction", float), wide_csv=wide_csv, force=force,
+        cast=_number(script, cast, "--cast", int),
         show_progress=not quiet,
     )
     if not quiet:

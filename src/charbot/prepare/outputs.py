@@ -11,6 +11,7 @@ class OutputSet:
         self.out_dir = out_dir
         self._created_dir = False
         self._temps: dict[str, Path] = {}
+        self._scratch: list[Path] = []
 
     def __enter__(self) -> OutputSet:
         if self.out_dir.exists() and not self.out_dir.is_dir():
@@ -27,6 +28,12 @@ class OutputSet:
         self._temps[name] = path
         return path
 
+    def scratch(self, name: str) -> Path:
+        """A working file removed at the end, success or not; never part of the output."""
+        path = self.out_dir / f".{name}.{os.getpid()}.scratch"
+        self._scratch.append(path)
+        return path
+
     def final(self, name: str) -> Path:
         return self.out_dir / name
 
@@ -39,6 +46,8 @@ class OutputSet:
         return done
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        for path in self._scratch:
+            path.unlink(missing_ok=True)
         if exc_type is None:
             return
         for tmp in self._temps.values():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from charbot.persona import CharacterCard, load_card, render, save_card
 from charbot.prepare.card import CardDrafter, Candidate, build_card
+from charbot.prepare.cast import CastExamples
 from charbot.prepare.clean import (
     DROP_DIRECTION_ONLY, DROP_EMPTY_ROW, DROP_NO_LINE, DROP_NO_SPEAKER, SpeakerNames, clean_line, fix_text,
     normalize_speaker, parse_aliases,
@@ -91,9 +92,13 @@ def prepare(
     val_fraction: float = 0.1,
     wide_csv: bool = False,
     force: bool = False,
+    cast: int = 0,
     show_progress: bool = False,
 ) -> PrepareResult:
+    """`cast` > 0: also train on every other speaker with at least that many lines (see prepare/cast.py)."""
     _validate(str(script), character, context, val_fraction)
+    if cast < 0:
+        raise ScriptError(str(script), f"--cast {cast} is negative", "use 0 (off) or a minimum number of lines, e.g. --cast 10")
     alias_map = parse_aliases(aliases, where=str(script))
     names = SpeakerNames(alias_map)
     char_key = names.key(character)
@@ -122,6 +127,7 @@ def prepare(
         files = {k: p.open("w", encoding="utf-8", newline="\n") for k, p in paths.items()}
         wide_fh = outs.temp("wide.csv").open("w", encoding="utf-8", newline="") if wide_csv else None
         wide = csv.writer(wide_fh) if wide_fh else None
+        cast_examples = CastExamples(outs.scratch("cast.jsonl"), title, cast, USER_PLACEHOLDER) if cast else None
         if wide:
             wide.writerow(wide_header(context))
         try:
@@ -183,12 +189,16 @@ def prepare(
                             prev = before[-1]
                             if prev.speaker != char_name:
                                 drafter.offer(Candidate(prev.text, text, episode, opener), words)
+                    elif cast_examples is not None:
+                        cast_examples.add(before, line)
                     window.push(line)
         finally:
             for fh in files.values():
                 fh.close()
             if wide_fh:
                 wide_fh.close()
+            if cast_examples is not None:
+                cast_examples.close()
 
         rep.dropped = dict(dropped)
         rep.skipped = dict(skipped)
@@ -216,6 +226,13 @@ def prepare(
         split_of = {e: moved.get(e) or ("val" if val_score(e) < val_fraction else "train") for e in split_examples}
         rep.episodes_split = {k: sum(1 for v in split_of.values() if v == k) for k in ("train", "val")}
         rep.val_episodes = sorted(e for e, v in split_of.items() if v == "val")[:100]
+        if cast_examples is not None:
+            # an episode without the character's lines is split by the same rule, so no held-out one leaks in
+            def is_train(e: str) -> bool:
+                return split_of.get(e, "val" if val_score(e) < val_fraction else "train") == "train"
+
+            n, speakers, words = cast_examples.merge_into(paths["train"], counts, is_train)
+            rep.cast = {"min_lines": cast, "speakers": speakers, "examples": n, "words": words}
         if len(split_examples) < 2:
             rep.notes.append("one episode only: no validation split (give the file an episode column, or --episode-col)")
 

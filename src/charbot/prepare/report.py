@@ -28,6 +28,7 @@ class PrepareReport:
     episodes_split: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
     val_episodes: list[str] = field(default_factory=list)
     words: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    cast: dict[str, int] = field(default_factory=dict)  # other speakers' examples added to train (--cast)
     context: int = 7
     val_fraction: float = 0.1
     card: str = ""
@@ -73,6 +74,10 @@ class PrepareReport:
             t.add_row(f"  skipped: {reason}", f"{n:,}")
         tok = self.approx_tokens
         t.add_row("tokens (≈1.3×words)", f"train {tok['train']:,} / val {tok['val']:,}")
+        if self.cast:
+            c = self.cast
+            t.add_row("cast (train only)", f"{c['examples']:,} examples of {c['speakers']} other speakers with ≥{c['min_lines']} lines, "
+                      f"≈{round(c['words'] * 1.3):,} tokens")
         t.add_row("persona card", self.card)
         for note in self.notes:
             t.add_row("note", note)

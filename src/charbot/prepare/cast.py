@@ -1,0 +1,59 @@
+"""The rest of the cast as extra training data (`prepare --cast N`).
+
+A few hundred lines of one character is little text to learn a show from. Every other speaker's line, framed
+the same way with that speaker's own one-line persona, teaches the model the show's names, words and rhythm;
+the character's own lines still carry the persona because each example's system message says who is talking.
+Only training episodes contribute: nothing from a held-out episode is ever trained on.
+
+Cast examples are collected during the single pass over the script (speaker totals are not known until its
+end) and merged into train.jsonl afterwards, once the episode split is final.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from charbot.persona import render
+from charbot.prepare.card import CardDrafter, build_card
+from charbot.prepare.examples import Line, example_record, to_messages
+
+
+class CastExamples:
+    def __init__(self, path: Path, title: str, min_lines: int, user_placeholder: str):
+        self.path = path
+        self.title = title
+        self.min_lines = min_lines
+        self.user = user_placeholder
+        self._systems: dict[str, str] = {}
+        self._fh = path.open("w", encoding="utf-8", newline="\n")
+
+    def add(self, before: list[Line], line: Line) -> None:
+        system = self._systems.get(line.speaker)
+        if system is None:
+            card = build_card(line.speaker, self.title, CardDrafter(line.speaker), "", line.text)
+            system = self._systems[line.speaker] = render(card, self.user).system
+        messages = to_messages(system, line.speaker, before, line)
+        if messages is not None:
+            self._fh.write(example_record(messages, line) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def merge_into(self, train: Path, lines: Counter[str], is_train: Callable[[str], bool]) -> tuple[int, int, int]:
+        """Append the examples of speakers with at least `min_lines` lines, from training episodes only.
+        Returns (examples, speakers, words)."""
+        self.close()
+        examples, words, speakers = 0, 0, set()
+        with self.path.open(encoding="utf-8") as fin, train.open("a", encoding="utf-8", newline="\n") as fout:
+            for text in fin:
+                record = json.loads(text)
+                if lines[record["speaker"]] >= self.min_lines and is_train(record["episode"]):
+                    fout.write(text)
+                    examples += 1
+                    speakers.add(record["speaker"])
+                    words += sum(len(m["content"].split()) for m in record["messages"][1:])
+        self.path.unlink(missing_ok=True)
+        return examples, len(speakers), words
