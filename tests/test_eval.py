@@ -59,6 +59,23 @@ def test_persona_judge_tells_the_character_from_others(setup):
     assert judge.in_character(other) < 0.4
 
 
+def test_persona_judge_learns_only_the_character_when_the_cast_is_in_train(tmp_path):
+    from charbot.eval.persona_score import split_lines
+    from charbot.factory import sample_script_path
+    from charbot.prepare import prepare
+
+    prepare(sample_script_path(), "Orla", tmp_path / "plain")
+    prepare(sample_script_path(), "Orla", tmp_path / "cast", cast=1)
+    plain = load_jsonl(tmp_path / "plain" / "train.jsonl")
+    cast = load_jsonl(tmp_path / "cast" / "train.jsonl")
+    own_plain, other_plain = split_lines(plain, "Orla")
+    own, other = split_lines(cast, "Orla")
+    assert own == own_plain  # the other speakers' examples add nothing to "Orla"
+    pip = {ex.messages[-1]["content"] for ex in cast if ex.speaker == "Pip"}
+    assert pip and pip <= set(other) and not pip & set(own)
+    assert len(other) > len(other_plain)
+
+
 def test_eval_writes_a_report_comparing_models(setup, tmp_path):
     from charbot.eval.run import Candidate, evaluate
 

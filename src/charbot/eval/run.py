@@ -77,7 +77,7 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
     held_out = val[:limit]
     character = held_out[0].speaker or "the character"
     names = tuple(sorted({line.partition(": ")[0] for ex in train for m in ex.messages if m["role"] == "user" for line in m["content"].splitlines() if ": " in line}))
-    judge = PersonaClassifier.fit(train, seed=seed)
+    judge = PersonaClassifier.fit(train, seed=seed, character=held_out[0].speaker or None)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, seed=seed)
     rows: list[Row] = []
     loaded: dict = {}
