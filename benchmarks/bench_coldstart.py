@@ -27,7 +27,7 @@ from fakediscord import FakeDiscord, FakeState  # noqa: E402
 TOKEN = "coldstart-token-0123456789"
 
 
-async def one_start(tmp: Path) -> tuple[float, float]:
+async def one_start(tmp: Path, extra_env: dict[str, str]) -> tuple[float, float]:
     async with FakeDiscord(FakeState(token=TOKEN)) as fake:
         fake.state.add_guild()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHARBOT_")}
@@ -35,6 +35,7 @@ async def one_start(tmp: Path) -> tuple[float, float]:
             DISCORD_TOKEN=TOKEN, CHARBOT_DISCORD_API_URL=fake.api_url, CHARBOT_DISCORD_GATEWAY_URL=fake.gateway_url,
             CHARBOT_DB_PATH=str(tmp / "memory.db"), CHARBOT_HEALTH_HOST="127.0.0.1", XDG_DATA_HOME=str(tmp / "xdg"),
         )
+        env.update(extra_env)
         spawned = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "charbot", "discord", "--health-port", "0", env=env, cwd=tmp,
@@ -65,16 +66,18 @@ async def one_start(tmp: Path) -> tuple[float, float]:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=None, help="CHARBOT_PARALLEL for the bot (default: its own default)")
     args = ap.parse_args()
+    extra = {"CHARBOT_PARALLEL": str(args.parallel)} if args.parallel else {}
     results = []
     for i in range(args.runs + 1):  # the first run warms the OS file cache and is not counted
         with tempfile.TemporaryDirectory() as tmp:
-            r = await one_start(Path(tmp))
+            r = await one_start(Path(tmp), extra)
         if i:
             results.append(r)
     health = statistics.median(r[0] for r in results)
     ready = statistics.median(r[1] for r in results)
-    print(f"charbot discord, default model, {args.runs} runs (median): health page up {health:.2f} s after spawn, "
+    print(f"charbot discord, default model, parallel {args.parallel or 'default'}, {args.runs} runs (median): health page up {health:.2f} s after spawn, "
           f"ready (model warm + gateway READY) {ready:.2f} s after spawn (target <= 2 s); min {min(r[1] for r in results):.2f}, max {max(r[1] for r in results):.2f}")
 
 
