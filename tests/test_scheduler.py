@@ -64,16 +64,22 @@ async def test_capacity_bounds_concurrency_and_queue_rejects_beyond():
     assert started == ["a", "b", "c"] and s.depth == 0 and s.served == 3
 
 
-async def test_waiting_past_the_deadline_is_dropped_and_frees_its_place():
-    s = Scheduler(capacity=1, max_queue=4, timeout=0.1)
+async def holding(s: Scheduler, key: str) -> tuple[asyncio.Task, asyncio.Event]:
+    """A task that holds a slot of `s` for conversation `key` until the returned event is set."""
     release = asyncio.Event()
 
     async def hold():
-        async with s.slot("a"):
+        async with s.slot(key):
             await release.wait()
 
     holder = asyncio.create_task(hold())
     await asyncio.sleep(0)
+    return holder, release
+
+
+async def test_waiting_past_the_deadline_is_dropped_and_frees_its_place():
+    s = Scheduler(capacity=1, max_queue=4, timeout=0.1)
+    holder, release = await holding(s, "a")
     with pytest.raises(DeadlineExceeded) as info:
         async with s.slot("b"):
             pytest.fail("must not run")
@@ -113,14 +119,7 @@ async def test_a_conversation_waits_for_its_own_turn_but_not_for_others():
 
 async def test_cancelled_waiter_leaves_the_line():
     s = Scheduler(capacity=1, max_queue=4)
-    release = asyncio.Event()
-
-    async def hold():
-        async with s.slot("a"):
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await asyncio.sleep(0)
+    holder, release = await holding(s, "a")
     waiter = asyncio.create_task(s.slot("b").__aenter__())
     await asyncio.sleep(0)
     assert s.waiting == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from charbot.persona import render
 from charbot.prepare.card import CardDrafter, build_card
-from charbot.prepare.examples import Line, example_record, to_messages
+from charbot.prepare.examples import Line, dialogue_words, example_record, to_messages
 
 
 class CastExamples:
@@ -54,6 +54,6 @@ class CastExamples:
                     fout.write(text)
                     examples += 1
                     speakers.add(record["speaker"])
-                    words += sum(len(m["content"].split()) for m in record["messages"][1:])
+                    words += dialogue_words(record["messages"])
         self.path.unlink(missing_ok=True)
         return examples, len(speakers), words

@@ -45,6 +45,11 @@ def to_messages(system: str, character: str, context: list[Line], target: Line) 
     return messages
 
 
+def dialogue_words(messages: list[dict]) -> int:
+    """Words in an example's turns, the system message left out (the report's size estimate)."""
+    return sum(len(m["content"].split()) for m in messages[1:])
+
+
 def example_record(messages: list[dict], target: Line) -> str:
     return json.dumps(
         {"messages": messages, "episode": target.episode, "speaker": target.speaker, "source_line": target.line_no},

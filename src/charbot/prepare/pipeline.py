@@ -20,7 +20,9 @@ from charbot.prepare.clean import (
     normalize_speaker, parse_aliases,
 )
 from charbot.prepare.errors import ScriptError
-from charbot.prepare.examples import ContextWindow, Line, example_record, to_messages, val_score, wide_header, wide_row
+from charbot.prepare.examples import (
+    ContextWindow, Line, dialogue_words, example_record, to_messages, val_score, wide_header, wide_row,
+)
 from charbot.prepare.outputs import OutputSet
 from charbot.prepare.readers import ScriptSource, iter_rows, open_script
 from charbot.prepare.report import PrepareReport
@@ -182,7 +184,7 @@ def prepare(
                             split = "val" if val_score(episode) < val_fraction else "train"
                             files[split].write(example_record(messages, line) + "\n")
                             rep.examples[split] += 1
-                            rep.words[split] += _words(messages)
+                            rep.words[split] += dialogue_words(messages)
                             split_examples[episode] = split_examples.get(episode, 0) + 1
                             if wide:
                                 wide.writerow(wide_row(before, line, context))
@@ -257,10 +259,6 @@ def prepare(
     return PrepareResult(out_dir, rep, written, card)
 
 
-def _words(messages: list[dict]) -> int:
-    return sum(len(m["content"].split()) for m in messages[1:])
-
-
 def _ensure_both_splits(rep: PrepareReport, split_examples: dict[str, int], paths: dict[str, Path], val_fraction: float) -> dict[str, str]:
     """With 2+ episodes and a validation fraction, neither split may come out empty: move the nearest episode over.
 
@@ -294,7 +292,7 @@ def _copy_split(src_path: Path, keep: Path, dst_path: Path, episode: str, rep: P
             if record["episode"] == episode:
                 fdst.write(text)
                 moved += 1
-                words = _words(record["messages"])
+                words = dialogue_words(record["messages"])
                 rep.words[src] -= words
                 rep.words[dst] += words
             else:
