@@ -80,15 +80,30 @@ def test_eval_writes_a_report_comparing_models(setup, tmp_path):
     from charbot.eval.run import Candidate, evaluate
 
     data, base, root = setup
-    rows = evaluate(data, tmp_path / "report", [Candidate("base", str(base), persona=False), Candidate("base + persona", str(base))],
+    rows = evaluate(data, tmp_path / "report", [Candidate("base", str(base), persona=False), Candidate("base + persona", str(base)),
+                                                Candidate("named", str(base), named=True)],
                     limit=3, max_new_tokens=6)
-    assert [r.label for r in rows] == ["base", "base + persona"]
+    assert [r.label for r in rows] == ["base", "base + persona", "named"]
     assert all(len(r.replies) == 3 and r.perplexity > 1 for r in rows)
+    assert rows[2].named and not rows[1].named and rows[2].perplexity != rows[1].perplexity
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "| base + persona | yes |" in report and "real lines (reference)" in report
+    assert "| base + persona | yes | no |" in report and "| named | yes | yes |" in report and "real lines (reference)" in report
     assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert {r["label"] for r in results} == {"base", "base + persona", "real lines (reference)"}
+    assert {r["label"] for r in results} == {"base", "base + persona", "named", "real lines (reference)"}
+
+
+def test_named_reply_perplexity_scores_the_line_not_the_name():
+    from charbot.eval.perplexity import reply_labels
+    from charbot.train.data import IGNORE
+    from train_support import make_tokenizer
+
+    tok = make_tokenizer()
+    msgs = [{"role": "user", "content": "Pip: Fog again?"}, {"role": "assistant", "content": "Aye."},
+            {"role": "user", "content": "Pip: And the bell?"}, {"role": "assistant", "content": "Rung twice."}]
+    ids, labels = reply_labels(tok, msgs, "chat", "Orla")
+    assert "assistant\nOrla: Aye.<|im_end|>" in tok.decode(ids) and tok.decode(ids).count("Orla:") == 2
+    assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == " Rung twice.<|im_end|>\n"
 
 
 def test_eval_cli_rejects_a_bad_model_spec(setup, capsys):

@@ -53,6 +53,31 @@ def test_only_the_characters_tokens_carry_labels():
     assert all(lab in (IGNORE, i) for i, lab in zip(ids, labels))
 
 
+def test_loss_on_last_labels_only_the_examples_own_line():
+    """prepare's examples overlap: the line before this one is the previous example's own line."""
+    tok = make_tokenizer()
+    msgs = [
+        {"role": "system", "content": "You are Orla."},
+        {"role": "user", "content": "Pip: Is the lamp lit?"},
+        {"role": "assistant", "content": "Aye, sprat. Since dusk."},
+        {"role": "user", "content": "Marlow: And the bell?"},
+        {"role": "assistant", "content": "Rung twice, as ever."},
+    ]
+    ids, labels = encode(tok, msgs, "chat", last_only=True)
+    assert ids == encode(tok, msgs, "chat")[0]
+    assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == "Rung twice, as ever.<|im_end|>\n"
+    ids, labels = encode(tok, msgs, "dialogpt", last_only=True)
+    assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == "Rung twice, as ever.<|im_end|>"
+
+
+def test_named_replies_show_the_name_as_context_and_label_the_line():
+    tok = make_tokenizer()
+    msgs = [{"role": "user", "content": "Pip: Is the lamp lit?"}, {"role": "assistant", "content": "Aye, sprat."}]
+    ids, labels = encode(tok, msgs, "chat", speaker="Orla")
+    assert "<|im_start|>assistant\nOrla: Aye, sprat.<|im_end|>" in tok.decode(ids)
+    assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == " Aye, sprat.<|im_end|>\n"
+
+
 def test_dialogpt_format_joins_turns_with_eos_and_labels_the_reply():
     tok = make_tokenizer()
     msgs = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Pip: Fog again?"}, {"role": "assistant", "content": "Aye, sprat."}]

@@ -26,7 +26,8 @@ def _parse_model(spec: str):
 @click.option("--limit", type=int, default=40, show_default=True, help="Held-out contexts to score.")
 @click.option("--max-new-tokens", type=int, default=40, show_default=True, help="Cap on each sampled reply.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, limit: int, max_new_tokens: int, seed: int) -> None:
+@click.option("--name-replies", is_flag=True, help="Show the base model the character's turns as 'Name: line' and begin each reply with the name, as Discord does (trained models follow their training_config.json).")
+def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, limit: int, max_new_tokens: int, seed: int, name_replies: bool) -> None:
     """Compare models on DATA's held-out episodes (val.jsonl): perplexity, persona score, distinct-1/2, length."""
     from rich.console import Console
     from rich.table import Table
@@ -35,7 +36,8 @@ def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, l
 
     if limit < 1:
         raise ConfigError("--limit must be at least 1", "pass a positive number of held-out contexts")
-    candidates = [Candidate("base", base, persona=False), Candidate("base + persona", base, persona=True)] + [_parse_model(m) for m in models]
+    candidates = [Candidate("base", base, persona=False, named=name_replies), Candidate("base + persona", base, persona=True, named=name_replies)]
+    candidates += [_parse_model(m) for m in models]
     console = Console(stderr=True)
     with console.status("evaluating") as status:
         rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed,

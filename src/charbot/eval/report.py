@@ -20,11 +20,14 @@ def markdown(character: str, examples, rows, reference, samples: int = 6) -> str
         f'In character: share of sampled replies a classifier (MiniLM embeddings + logistic regression, trained on '
         f"{character}'s lines vs other speakers' in the training episodes) judges to be {character}'s.",
         "",
-        "| model | persona prompt | perplexity | in character | distinct-1 | distinct-2 | mean words |",
-        "|---|---|---|---|---|---|---|",
+        f'Named replies: the {character}\'s turns are shown as "{character}: …" and each reply is begun with the name '
+        "(as the Discord prompt does); the name is context, not scored.",
+        "",
+        "| model | persona prompt | named replies | perplexity | in character | distinct-1 | distinct-2 | mean words |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows + [reference]:
-        lines.append(f"| {r.label} | {'yes' if r.persona else 'no'} | {_f(r.perplexity)} | {_f(r.in_character, True)} | {_f(r.distinct_1)} | {_f(r.distinct_2)} | {_f(r.mean_words)} |")
+        lines.append(f"| {r.label} | {'yes' if r.persona else 'no'} | {'yes' if r.named else 'no'} | {_f(r.perplexity)} | {_f(r.in_character, True)} | {_f(r.distinct_1)} | {_f(r.distinct_2)} | {_f(r.mean_words)} |")
     lines += ["", "![comparison](comparison.png)", "", "## Sample transcripts", ""]
     for i, ex in enumerate(examples[:samples]):
         context = [m for m in ex.messages[:-1] if m["role"] != "system"]

@@ -20,6 +20,7 @@ class Candidate:
     label: str
     ref: str | None  # None: the embedded base model
     persona: bool = True
+    named: bool | None = None  # "Rick: …" replies; None: as the model was trained (training_config.json), else unnamed
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Row:
     label: str
     model: str
     persona: bool
+    named: bool
     perplexity: float
     in_character: float
     distinct_1: float
@@ -48,19 +50,28 @@ def load(ref: str | None):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tok, path
 
 
-def generate(model, tok, fmt: str, messages: list[dict], settings: GenerationSettings, character: str, user_names: tuple[str, ...]) -> str:
+def trained_named(path) -> bool:
+    """Whether a `charbot train` output was trained with named replies (--name-replies)."""
+    config = Path(path) / "training_config.json"
+    return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("name_replies"))
+
+
+def generate(model, tok, fmt: str, messages: list[dict], settings: GenerationSettings, character: str, user_names: tuple[str, ...],
+             named: bool = False, seed: int = 0) -> str:
     import torch
 
     from charbot.train.data import render_spans
 
     context = messages[:-1]
     if fmt == "chat":
-        text = tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
+        if named:  # earlier replies named as in training, and this one begun with the name (as Discord does)
+            context = [{**m, "content": f"{character}: {m['content']}"} if m["role"] == "assistant" else m for m in context]
+        text = tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True) + (f"{character}:" if named else "")
     else:
         text, _ = render_spans(tok, context + [{"role": "assistant", "content": ""}], fmt)
         text = text[: -len(tok.eos_token)]
     ids = tok(text, return_tensors="pt", add_special_tokens=False)
-    torch.manual_seed(settings.seed or 0)
+    torch.manual_seed(seed)
     with torch.inference_mode():
         out = model.generate(
             **ids, max_new_tokens=settings.max_new_tokens, do_sample=True, temperature=settings.temperature, top_k=settings.top_k,
@@ -86,18 +97,21 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
             loaded = {cand.ref: load(cand.ref)}  # one model in memory at a time
         model, tok, path = loaded[cand.ref]
         fmt = resolve_format(tok, "auto")
+        named = (trained_named(path) if cand.named is None else cand.named) and fmt == "chat"
         examples = held_out
-        ppl = response_perplexity(model, tok, examples, fmt, persona=cand.persona)
+        ppl = response_perplexity(model, tok, examples, fmt, persona=cand.persona, named=named)
         replies = []
         for i, ex in enumerate(examples):
             msgs = [m for m in ex.messages if cand.persona or m["role"] != "system"]
-            replies.append(generate(model, tok, fmt, msgs, settings, character, names))
+            # every model gets the same seed for the same context, and each context its own: one seed for all
+            # would give every reply the same random draws and make the replies of one model alike
+            replies.append(generate(model, tok, fmt, msgs, settings, character, names, named, seed=seed + i))
             if progress:
                 progress(cand.label, i + 1, len(examples))
-        rows.append(Row(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, ppl, judge.in_character(replies),
+        rows.append(Row(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, judge.in_character(replies),
                         metrics.distinct_n(replies, 1), metrics.distinct_n(replies, 2), metrics.mean_length(replies), replies))
     real = [ex.messages[-1]["content"] for ex in held_out]
-    reference = Row("real lines (reference)", "script", True, float("nan"), judge.in_character(real), metrics.distinct_n(real, 1), metrics.distinct_n(real, 2), metrics.mean_length(real), real)
+    reference = Row("real lines (reference)", "script", True, False, float("nan"), judge.in_character(real), metrics.distinct_n(real, 1), metrics.distinct_n(real, 2), metrics.mean_length(real), real)
     write_report(out_dir, character, held_out, rows, reference)
     return rows
 

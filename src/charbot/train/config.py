@@ -29,6 +29,8 @@ class TrainConfig:
     lora_dropout: float = opt(0.05, "Dropout on the LoRA adapter input.")
     prompt_format: str = opt("auto", "chat: the model's chat template with the persona as system message; dialogpt: turns joined by EOS (the tutorial's format); auto: chat when the tokenizer has a template.", ("auto", "chat", "dialogpt"))
     no_system: bool = opt(False, "Drop the persona system message from training examples (the model must learn the character from the lines alone).")
+    loss_on: str = opt("last", "all: every assistant message in an example (the character's earlier lines in its context too); last: only the example's own line. prepare's examples overlap, so with 'all' a line is trained on again in the examples that follow it.", ("all", "last"))
+    name_replies: bool = opt(False, "Show the character's turns as 'Name: line', like the other speakers' (and like the Discord prompt); the name is context, not loss.")
     max_length: int = opt(256, "Longest training example in tokens; older context turns are dropped first to fit.")
     batching: str = opt("bucketed", "bucketed: batches of similar-length examples, little padding (fastest on CPU); packed: examples concatenated padding-free, kept apart by position_ids (best with flash-attention on GPU); padded: fixed-length padded blocks (the tutorial's recipe, for comparison).", ("bucketed", "packed", "padded"))
     epochs: float = opt(2.0, "Passes over the training data.")

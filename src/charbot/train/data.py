@@ -64,8 +64,11 @@ def resolve_format(tokenizer, prompt_format: str) -> str:
     return prompt_format
 
 
-def render_spans(tokenizer, messages: list[dict], fmt: str) -> tuple[str, list[tuple[int, int]]]:
-    """The full training text and the character spans of every assistant message (with its end marker)."""
+def render_spans(tokenizer, messages: list[dict], fmt: str, speaker: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The full training text and the character spans of every assistant message (with its end marker).
+
+    With `speaker`, the character's turns are shown as "Speaker: line", like the other speakers' turns and
+    like the Discord prompt; the name is context, the span starts after it."""
     if fmt == "dialogpt":
         # The tutorial's format: utterances joined by EOS, no names, no system message.
         eos = tokenizer.eos_token
@@ -78,6 +81,9 @@ def render_spans(tokenizer, messages: list[dict], fmt: str) -> tuple[str, list[t
             if m["role"] == "assistant":
                 spans.append((start, len(text)))
         return text, spans
+    name = f"{speaker}:" if speaker else ""
+    if name:
+        messages = [{**m, "content": f"{name} {m['content']}"} if m["role"] == "assistant" else m for m in messages]
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, m in enumerate(messages):
@@ -87,12 +93,14 @@ def render_spans(tokenizer, messages: list[dict], fmt: str) -> tuple[str, list[t
         through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not full.startswith(through) or not through.startswith(before):
             raise ConfigError("the chat template does not render conversations incrementally", "use --prompt-format dialogpt or a ChatML-style template")
-        spans.append((len(before), len(through)))
+        spans.append((len(before) + len(name), len(through)))
     return full, spans
 
 
-def encode(tokenizer, messages: list[dict], fmt: str) -> tuple[list[int], list[int]]:
-    text, spans = render_spans(tokenizer, messages, fmt)
+def encode(tokenizer, messages: list[dict], fmt: str, last_only: bool = False, speaker: str | None = None) -> tuple[list[int], list[int]]:
+    text, spans = render_spans(tokenizer, messages, fmt, speaker)
+    if last_only:
+        spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
     for tok, (a, _b) in zip(enc["input_ids"], enc["offset_mapping"]):
@@ -101,11 +109,11 @@ def encode(tokenizer, messages: list[dict], fmt: str) -> tuple[list[int], list[i
     return list(enc["input_ids"]), labels
 
 
-def tokenize_example(tokenizer, messages: list[dict], fmt: str, max_length: int) -> dict | None:
+def tokenize_example(tokenizer, messages: list[dict], fmt: str, max_length: int, last_only: bool = False, speaker: str | None = None) -> dict | None:
     """Token ids and labels; drops the oldest context turns (never the system message) until it fits."""
     msgs = list(messages)
     while True:
-        ids, labels = encode(tokenizer, msgs, fmt)
+        ids, labels = encode(tokenizer, msgs, fmt, last_only, speaker)
         if len(ids) <= max_length:
             break
         first = 1 if msgs[0]["role"] == "system" else 0
@@ -119,13 +127,14 @@ def tokenize_example(tokenizer, messages: list[dict], fmt: str, max_length: int)
     return {"input_ids": ids, "labels": labels}
 
 
-def build_dataset(tokenizer, examples: list[Example], fmt: str, max_length: int, drop_system: bool = False):
+def build_dataset(tokenizer, examples: list[Example], fmt: str, max_length: int, drop_system: bool = False, last_only: bool = False,
+                  name_replies: bool = False):
     from datasets import Dataset
 
     rows = []
     for ex in examples:
         msgs = [m for m in ex.messages if not (drop_system and m["role"] == "system")]
-        row = tokenize_example(tokenizer, msgs, fmt, max_length)
+        row = tokenize_example(tokenizer, msgs, fmt, max_length, last_only, ex.speaker if name_replies and fmt == "chat" else None)
         if row is not None:
             row["length"] = len(row["input_ids"])
             rows.append(row)

@@ -129,8 +129,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     base = resolve_base(cfg.base_model)
     model, tokenizer = load_base(base)
     fmt = resolve_format(tokenizer, cfg.prompt_format)
-    train_ds = build_dataset(tokenizer, train_ex, fmt, cfg.max_length, cfg.no_system)
-    val_ds = build_dataset(tokenizer, val_ex, fmt, cfg.max_length, cfg.no_system) if val_ex else None
+    train_ds = build_dataset(tokenizer, train_ex, fmt, cfg.max_length, cfg.no_system, last_only=cfg.loss_on == "last", name_replies=cfg.name_replies)
+    # validation scores each held-out line once, as `charbot eval` does, whatever the training loss covers
+    val_ds = build_dataset(tokenizer, val_ex, fmt, cfg.max_length, cfg.no_system, last_only=True, name_replies=cfg.name_replies) if val_ex else None
     character = (train_ex[0].speaker or (load_card(persona_path).name if persona_path else "the character"))
 
     # 2. what gets trained
