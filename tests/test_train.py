@@ -34,15 +34,18 @@ def trained(tiny, tmp_path_factory):
     return train(cfg), cfg
 
 
+TWO_REPLIES = [
+    {"role": "system", "content": "You are Orla."},
+    {"role": "user", "content": "Pip: Is the lamp lit?"},
+    {"role": "assistant", "content": "Aye, sprat. Since dusk."},
+    {"role": "user", "content": "Marlow: And the bell?"},
+    {"role": "assistant", "content": "Rung twice, as ever."},
+]
+
+
 def test_only_the_characters_tokens_carry_labels():
     tok = make_tokenizer()
-    msgs = [
-        {"role": "system", "content": "You are Orla."},
-        {"role": "user", "content": "Pip: Is the lamp lit?"},
-        {"role": "assistant", "content": "Aye, sprat. Since dusk."},
-        {"role": "user", "content": "Marlow: And the bell?"},
-        {"role": "assistant", "content": "Rung twice, as ever."},
-    ]
+    msgs = TWO_REPLIES
     ids, labels = encode(tok, msgs, "chat")
     assert len(ids) == len(labels)
     labelled = [i for i, lab in zip(ids, labels) if lab != IGNORE]
@@ -56,13 +59,7 @@ def test_only_the_characters_tokens_carry_labels():
 def test_loss_on_last_labels_only_the_examples_own_line():
     """prepare's examples overlap: the line before this one is the previous example's own line."""
     tok = make_tokenizer()
-    msgs = [
-        {"role": "system", "content": "You are Orla."},
-        {"role": "user", "content": "Pip: Is the lamp lit?"},
-        {"role": "assistant", "content": "Aye, sprat. Since dusk."},
-        {"role": "user", "content": "Marlow: And the bell?"},
-        {"role": "assistant", "content": "Rung twice, as ever."},
-    ]
+    msgs = TWO_REPLIES
     ids, labels = encode(tok, msgs, "chat", last_only=True)
     assert ids == encode(tok, msgs, "chat")[0]
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == "Rung twice, as ever.<|im_end|>\n"
