@@ -23,7 +23,7 @@ def response_perplexity(model, tokenizer, examples: list[Example], fmt: str, *, 
     model.eval()
     for ex in examples:
         msgs = [m for m in ex.messages if persona or m["role"] != "system"]
-        ids, labels = reply_labels(tokenizer, msgs, fmt, ex.speaker if named and fmt == "chat" else None)
+        ids, labels = reply_labels(tokenizer, msgs, fmt, ex.speaker if named else None)
         ids, labels = ids[-max_length:], labels[-max_length:]
         with torch.inference_mode():
             logits = model(torch.tensor([ids])).logits[0, :-1].float()

@@ -60,12 +60,12 @@ def generate(model, tok, fmt: str, messages: list[dict], settings: GenerationSet
              named: bool = False, seed: int = 0) -> str:
     import torch
 
-    from charbot.train.data import render_spans
+    from charbot.train.data import named_replies, render_spans
 
     context = messages[:-1]
     if fmt == "chat":
         if named:  # earlier replies named as in training, and this one begun with the name (as Discord does)
-            context = [{**m, "content": f"{character}: {m['content']}"} if m["role"] == "assistant" else m for m in context]
+            context = named_replies(context, character)
         text = tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True) + (f"{character}:" if named else "")
     else:
         text, _ = render_spans(tok, context + [{"role": "assistant", "content": ""}], fmt)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charbot.errors import ConfigError
+from charbot.prompt import speaker_text
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
@@ -81,9 +82,9 @@ def render_spans(tokenizer, messages: list[dict], fmt: str, speaker: str | None 
             if m["role"] == "assistant":
                 spans.append((start, len(text)))
         return text, spans
-    name = f"{speaker}:" if speaker else ""
-    if name:
-        messages = [{**m, "content": f"{name} {m['content']}"} if m["role"] == "assistant" else m for m in messages]
+    if speaker:
+        messages = named_replies(messages, speaker)
+    offset = len(speaker_text("", speaker).rstrip())  # past "Speaker:": the span starts at the space after it
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, m in enumerate(messages):
@@ -93,8 +94,13 @@ def render_spans(tokenizer, messages: list[dict], fmt: str, speaker: str | None 
         through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not full.startswith(through) or not through.startswith(before):
             raise ConfigError("the chat template does not render conversations incrementally", "use --prompt-format dialogpt or a ChatML-style template")
-        spans.append((len(before) + len(name), len(through)))
+        spans.append((len(before) + offset, len(through)))
     return full, spans
+
+
+def named_replies(messages: list[dict], speaker: str) -> list[dict]:
+    """The character's turns as "Speaker: line", rendered as the Discord prompt renders them."""
+    return [{**m, "content": speaker_text(m["content"], speaker)} if m["role"] == "assistant" else m for m in messages]
 
 
 def encode(tokenizer, messages: list[dict], fmt: str, last_only: bool = False, speaker: str | None = None) -> tuple[list[int], list[int]]:
@@ -134,7 +140,7 @@ def build_dataset(tokenizer, examples: list[Example], fmt: str, max_length: int,
     rows = []
     for ex in examples:
         msgs = [m for m in ex.messages if not (drop_system and m["role"] == "system")]
-        row = tokenize_example(tokenizer, msgs, fmt, max_length, last_only, ex.speaker if name_replies and fmt == "chat" else None)
+        row = tokenize_example(tokenizer, msgs, fmt, max_length, last_only, ex.speaker if name_replies else None)
         if row is not None:
             row["length"] = len(row["input_ids"])
             rows.append(row)
