@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from charbot.eval.metrics import distinct_n, mean_length  # noqa: E402
+from charbot.eval.metrics import distinct_by_round, distinct_n, mean_length  # noqa: E402
 from charbot.train.data import load_jsonl  # noqa: E402
 from train_support import make_prepared, make_tiny_base  # noqa: E402
 
@@ -20,6 +20,15 @@ def test_distinct_n_counts_unique_ngrams_across_replies():
     assert distinct_n(replies, 2) == pytest.approx(2 / 3)  # (aye sprat), (sprat aye), (aye sprat)
     assert distinct_n([], 2) == 0.0
     assert mean_length(["Aye, sprat.", "Kettle's on"]) == pytest.approx((4 + 2) / 2)
+
+
+def test_distinct_n_of_several_draws_is_taken_per_round():
+    # two contexts, two draws each: every round is all-distinct, though each context repeats itself
+    replies = [["aye sprat", "aye sprat"], ["kettle on", "kettle on"]]
+    assert distinct_by_round(replies, 1) == pytest.approx(1.0)
+    assert distinct_n([r for per_context in replies for r in per_context], 1) == pytest.approx(0.5)
+    assert distinct_by_round([["aye aye"]], 1) == pytest.approx(0.5)
+    assert distinct_by_round([], 2) == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +91,18 @@ def test_eval_writes_a_report_comparing_models(setup, tmp_path):
     data, base, root = setup
     rows = evaluate(data, tmp_path / "report", [Candidate("base", str(base), persona=False), Candidate("base + persona", str(base)),
                                                 Candidate("named", str(base), named=True)],
-                    limit=3, max_new_tokens=6)
+                    limit=3, max_new_tokens=6, samples=2)
     assert [r.label for r in rows] == ["base", "base + persona", "named"]
-    assert all(len(r.replies) == 3 and r.perplexity > 1 for r in rows)
+    assert all([len(per_context) for per_context in r.replies] == [2, 2, 2] and r.perplexity > 1 for r in rows)
+    # two draws per context, each from its own point in the sampling stream: a random model does not repeat itself
+    assert all(len(set(per_context)) == 2 for per_context in rows[0].replies)
     assert rows[2].named and not rows[1].named and rows[2].perplexity != rows[1].perplexity
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "| base + persona | yes | no |" in report and "| named | yes | yes |" in report and "real lines (reference)" in report
+    assert "| base + persona | yes | no |" in report and "| named | yes | yes |" in report and "2 sampled replies per context" in report
+    assert "| real lines (reference) |" in report and "| other speakers (reference) |" in report
     assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert {r["label"] for r in results} == {"base", "base + persona", "named", "real lines (reference)"}
+    assert {r["label"] for r in results} == {"base", "base + persona", "named", "real lines (reference)", "other speakers (reference)"}
 
 
 def test_named_reply_perplexity_scores_the_line_not_the_name():
@@ -114,3 +126,14 @@ def test_eval_cli_rejects_a_bad_model_spec(setup, capsys):
         main(["eval", str(data), "--model", "no-equals-sign"])
     assert exc.value.code != 0
     assert "LABEL=PATH_OR_HUB_ID" in capsys.readouterr().err
+
+
+def test_eval_cli_rejects_zero_samples(setup, capsys):
+    from charbot.cli import main
+
+    data, _, _ = setup
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(data), "--samples", "0"])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert "--samples must be at least 1" in err and "Traceback" not in err

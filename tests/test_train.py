@@ -222,6 +222,44 @@ def test_resume_after_a_crash_reaches_the_same_weights(tiny, tmp_path):
     assert max(diffs.values()) < 1e-6, diffs
 
 
+def test_cast_first_trains_the_cast_then_the_character_and_resumes_in_the_second_phase(tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from charbot.errors import ConfigError
+    from charbot.factory import sample_script_path
+    from charbot.prepare import prepare
+    from charbot.train.loop import train
+
+    plain, base = tiny
+    with pytest.raises(ConfigError, match="only Orla's examples"):
+        train(TrainConfig(data=plain, output_dir=tmp_path / "no-cast", base_model=str(base), cast_first=True, max_steps=1, progress=False, threads=1))
+    data = tmp_path / "cast"
+    prepare(sample_script_path(), "Orla", data, cast=1)
+    speakers = [ex.speaker for ex in load_jsonl(data / "train.jsonl")]
+    out = tmp_path / "phased"
+    kw = dict(data=data, output_dir=out, base_model=str(base), cast_first=True, learning_rate=1e-3, batch_size=4, eval_steps=2,
+              logging_steps=1, save_steps=2, max_steps=3, progress=False, threads=1, batching="packed")
+    result = train(TrainConfig(**kw))
+    assert [(p["phase"], p["examples"], p["steps"]) for p in result.metrics["phases"]] == [
+        ("cast", sum(s != "Orla" for s in speakers), 3), ("character", speakers.count("Orla"), 3)]
+    assert result.metrics["steps"] == 6
+    # one step axis for the plot: the character's phase logs after the cast's
+    assert [h["step"] for h in result.log_history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    assert "Phase 2, character" in (out / "README.md").read_text()
+    uninterrupted = load_file(out / "model.safetensors")
+    # a crash after the character phase's step-2 checkpoint: the cast phase is done, the second is half done
+    shutil.rmtree(out / "checkpoints" / "character" / "checkpoint-3")
+    for item in out.iterdir():
+        if item.name != "checkpoints":
+            item.unlink()
+    resumed = train(TrainConfig(resume=True, **kw))
+    assert resumed.metrics["steps"] == 6, resumed.metrics["phases"]
+    diffs = {k: float((w - uninterrupted[k]).abs().max()) for k, w in load_file(out / "model.safetensors").items()}
+    assert max(diffs.values()) < 1e-6, diffs
+
+
 def test_bad_jsonl_line_is_one_line_error_and_writes_nothing(tiny, tmp_path, capsys):
     from charbot.cli import main
 

@@ -25,9 +25,11 @@ def _parse_model(spec: str):
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), default=Path("charbot-eval"), show_default=True, help="Report directory (report.md, comparison.png, results.json).")
 @click.option("--limit", type=int, default=40, show_default=True, help="Held-out contexts to score.")
 @click.option("--max-new-tokens", type=int, default=40, show_default=True, help="Cap on each sampled reply.")
+@click.option("--samples", type=int, default=4, show_default=True,
+              help="Replies sampled per context for the persona score and diversity (drawn in one batch); more give a steadier score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--name-replies", is_flag=True, help="Show the base model the character's turns as 'Name: line' and begin each reply with the name, as Discord does (trained models follow their training_config.json).")
-def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, limit: int, max_new_tokens: int, seed: int, name_replies: bool) -> None:
+def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, limit: int, max_new_tokens: int, samples: int, seed: int, name_replies: bool) -> None:
     """Compare models on DATA's held-out episodes (val.jsonl): perplexity, persona score, distinct-1/2, length."""
     from rich.console import Console
     from rich.table import Table
@@ -36,11 +38,13 @@ def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, l
 
     if limit < 1:
         raise ConfigError("--limit must be at least 1", "pass a positive number of held-out contexts")
+    if samples < 1:
+        raise ConfigError("--samples must be at least 1", "pass how many replies to sample per context, e.g. --samples 4")
     candidates = [Candidate("base", base, persona=False, named=name_replies), Candidate("base + persona", base, persona=True, named=name_replies)]
     candidates += [_parse_model(m) for m in models]
     console = Console(stderr=True)
     with console.status("evaluating") as status:
-        rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed,
+        rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed, samples=samples,
                    progress=lambda label, i, n: status.update(f"{label}: reply {i}/{n}"))
     table = Table("model", "perplexity", "in character", "distinct-2", "mean words")
     for r in rows:

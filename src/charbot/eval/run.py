@@ -10,7 +10,7 @@ from pathlib import Path
 from charbot.errors import ConfigError
 from charbot.eval import metrics
 from charbot.eval.perplexity import response_perplexity
-from charbot.eval.persona_score import PersonaClassifier
+from charbot.eval.persona_score import PersonaClassifier, split_lines
 from charbot.generation import GenerationSettings, clean_reply
 from charbot.train.data import load_prepared, resolve_format
 
@@ -34,7 +34,13 @@ class Row:
     distinct_1: float
     distinct_2: float
     mean_words: float
-    replies: list[str] = field(default_factory=list)
+    replies: list[list[str]] = field(default_factory=list)  # per held-out context, its sampled replies
+
+    @classmethod
+    def scored(cls, label: str, model: str, persona: bool, named: bool, perplexity: float, replies: list[list[str]], judge) -> Row:
+        flat = [r for per_context in replies for r in per_context]
+        return cls(label, model, persona, named, perplexity, judge.in_character(flat), metrics.distinct_by_round(replies, 1),
+                   metrics.distinct_by_round(replies, 2), metrics.mean_length(flat), replies)
 
 
 def load(ref: str | None):
@@ -57,7 +63,7 @@ def trained_named(path) -> bool:
 
 
 def generate(model, tok, fmt: str, messages: list[dict], settings: GenerationSettings, character: str, user_names: tuple[str, ...],
-             named: bool = False, seed: int = 0) -> str:
+             named: bool = False, seed: int = 0, samples: int = 1) -> list[str]:
     import torch
 
     from charbot.train.data import named_replies, render_spans
@@ -76,12 +82,14 @@ def generate(model, tok, fmt: str, messages: list[dict], settings: GenerationSet
         out = model.generate(
             **ids, max_new_tokens=settings.max_new_tokens, do_sample=True, temperature=settings.temperature, top_k=settings.top_k,
             top_p=settings.top_p, no_repeat_ngram_size=settings.no_repeat_ngram_size, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            num_return_sequences=samples,  # one batched call: several draws cost little more than one on CPU
         )
-    raw = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-    return clean_reply(raw, char=character, user_names=user_names)
+    raws = tok.batch_decode(out[:, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [clean_reply(raw, char=character, user_names=user_names) for raw in raws]
 
 
-def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limit: int = 40, max_new_tokens: int = 40, seed: int = 0, progress=None) -> list[Row]:
+def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limit: int = 40, max_new_tokens: int = 40, seed: int = 0, samples: int = 1,
+             progress=None) -> list[Row]:
     train, val, _ = load_prepared(data_dir)
     if not val:
         raise ConfigError(f"{data_dir}/val.jsonl is missing or empty", "run `charbot prepare` with a validation split (held-out episodes)")
@@ -105,21 +113,24 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
             msgs = [m for m in ex.messages if cand.persona or m["role"] != "system"]
             # every model gets the same seed for the same context, and each context its own: one seed for all
             # would give every reply the same random draws and make the replies of one model alike
-            replies.append(generate(model, tok, fmt, msgs, settings, character, names, named, seed=seed + i))
+            replies.append(generate(model, tok, fmt, msgs, settings, character, names, named, seed=seed + i, samples=samples))
             if progress:
                 progress(cand.label, i + 1, len(examples))
-        rows.append(Row(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, judge.in_character(replies),
-                        metrics.distinct_n(replies, 1), metrics.distinct_n(replies, 2), metrics.mean_length(replies), replies))
-    real = [ex.messages[-1]["content"] for ex in held_out]
-    reference = Row("real lines (reference)", "script", True, False, float("nan"), judge.in_character(real), metrics.distinct_n(real, 1), metrics.distinct_n(real, 2), metrics.mean_length(real), real)
-    write_report(out_dir, character, held_out, rows, reference)
+        rows.append(Row.scored(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, replies, judge))
+    # The judge's own yardsticks on the held-out episodes: how often it accepts the character's real lines, and
+    # how often it mistakes the other speakers' lines for the character's.
+    references = [Row.scored("real lines (reference)", "script", True, False, float("nan"), [[ex.messages[-1]["content"]] for ex in held_out], judge)]
+    _, others = split_lines(held_out, held_out[0].speaker or None)
+    if others:
+        references.append(Row.scored("other speakers (reference)", "script", True, False, float("nan"), [[line] for line in others], judge))
+    write_report(out_dir, character, held_out, rows, references)
     return rows
 
 
-def write_report(out_dir: Path, character: str, examples, rows: list[Row], reference: Row) -> None:
+def write_report(out_dir: Path, character: str, examples, rows: list[Row], references: list[Row]) -> None:
     from charbot.eval.report import chart, markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    chart(rows, reference, out_dir / "comparison.png", character)
-    (out_dir / "report.md").write_text(markdown(character, examples, rows, reference), encoding="utf-8")
-    (out_dir / "results.json").write_text(json.dumps([asdict(r) for r in rows + [reference]], indent=2) + "\n", encoding="utf-8")
+    chart(rows, references, out_dir / "comparison.png", character)
+    (out_dir / "report.md").write_text(markdown(character, examples, rows, references), encoding="utf-8")
+    (out_dir / "results.json").write_text(json.dumps([asdict(r) for r in rows + references], indent=2) + "\n", encoding="utf-8")

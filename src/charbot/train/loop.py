@@ -69,14 +69,14 @@ def add_lora(model, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool):
+def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool, epochs: float):
     import torch
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=cfg.epochs,
+        num_train_epochs=epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -107,15 +107,36 @@ def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool):
 def check_output_dir(cfg: TrainConfig, out: Path) -> None:
     if cfg.resume:
         ckpts = out / "checkpoints"
-        if not ckpts.is_dir() or not any(ckpts.glob("checkpoint-*")):
+        if not ckpts.is_dir() or not any(ckpts.glob("**/checkpoint-*")):
             raise ConfigError(f"--resume: no checkpoint in {ckpts}", "start without --resume, or point -o at the earlier run's directory")
     elif (out / "config.json").exists() or (out / "checkpoints").exists():
         raise ConfigError(f"output directory {out} already holds a model or checkpoints", "pass --resume to continue it, or choose another -o / delete it")
 
 
+def finished_checkpoint(checkpoints: Path) -> Path | None:
+    """The last checkpoint in `checkpoints` if it was written at the end of its run, else None."""
+    last = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]), default=None)
+    if last is None or not (last / "trainer_state.json").is_file():
+        return None
+    state = json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))
+    return last if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"] else None
+
+
+def training_phases(cfg: TrainConfig, train_ex: list, character: str) -> list[tuple[str, list, float]]:
+    """What is trained, in order: every example at once or, with --cast-first, the other speakers' examples
+    and then the character's own, so that the last thing the model learns is the character's voice."""
+    if not cfg.cast_first:
+        return [("all", train_ex, cfg.epochs)]
+    cast = [ex for ex in train_ex if ex.speaker and ex.speaker != character]
+    own = [ex for ex in train_ex if not ex.speaker or ex.speaker == character]
+    if not cast:
+        raise ConfigError(f"--cast-first: {cfg.data}/train.jsonl has only {character}'s examples", "prepare the data with --cast N (other speakers' examples), or drop --cast-first")
+    return [("cast", cast, cfg.epochs), ("character", own, cfg.character_epochs or cfg.epochs)]
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     import torch
-    from transformers import Trainer, set_seed
+    from transformers import Trainer, TrainerState, set_seed
 
     cfg.validate()
     out = Path(cfg.output_dir).expanduser()
@@ -126,43 +147,62 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # 1. data and base model
     train_ex, val_ex, persona_path = load_prepared(cfg.data)
+    character = (train_ex[0].speaker or (load_card(persona_path).name if persona_path else "the character"))
+    phases = training_phases(cfg, train_ex, character)
     base = resolve_base(cfg.base_model)
     model, tokenizer = load_base(base)
     fmt = resolve_format(tokenizer, cfg.prompt_format)
-    train_ds = build_dataset(tokenizer, train_ex, fmt, cfg.max_length, cfg.no_system, last_only=cfg.loss_on == "last", name_replies=cfg.name_replies)
     # validation scores each held-out line once, as `charbot eval` does, whatever the training loss covers
     val_ds = build_dataset(tokenizer, val_ex, fmt, cfg.max_length, cfg.no_system, last_only=True, name_replies=cfg.name_replies) if val_ex else None
-    character = (train_ex[0].speaker or (load_card(persona_path).name if persona_path else "the character"))
 
     # 2. what gets trained
     prepare_for_training(model)
     if cfg.method == "lora":
         model = add_lora(model, cfg)
 
-    # 3. the trainer
+    # 3. the trainer, once per phase, each phase continuing from the weights the last one left
     counter = CountingCollator(make_collator(tokenizer, cfg.batching, cfg.max_length))
-    rate = TokenRate(counter)
-    callbacks = [rate] + ([RichProgress(rate)] if cfg.progress else [])
-    trainer = Trainer(
-        model=model, args=training_arguments(cfg, out / "checkpoints", val_ds is not None),
-        train_dataset=train_ds, eval_dataset=val_ds, data_collator=counter, callbacks=callbacks,
-    )
-    if cfg.progress:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)  # the rich bar shows loss; raw log dicts would break it up
-    metrics: dict = {"train_examples": len(train_ds), "val_examples": len(val_ds) if val_ds is not None else 0,
+    rate = TokenRate(counter)  # shared: useful tokens/s over every phase
+    metrics: dict = {"train_examples": len(train_ex), "val_examples": len(val_ds) if val_ds is not None else 0,
                      "prompt_format": fmt, "base_model": cfg.base_model or "HuggingFaceTB/SmolLM2-135M-Instruct"}
-    if val_ds is not None and not cfg.resume:
-        metrics["val_loss_before"] = trainer.evaluate()["eval_loss"]
-        metrics["val_perplexity_before"] = math.exp(metrics["val_loss_before"])
-    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
-    history = list(trainer.state.log_history)  # train() starts a fresh history; keep the step-0 validation point
-    if "val_loss_before" in metrics:
-        history.insert(0, {"step": 0, "eval_loss": metrics["val_loss_before"]})
-    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics.get("train_runtime"),
-                   steps=trainer.state.global_step, useful_tokens_per_s=round(rate.tokens_per_second, 1),
-                   useful_tokens=rate.train_tokens)
+    history: list[dict] = []
+    steps, runtime, loss_sum = 0, 0.0, 0.0
+    for name, examples, epochs in phases:
+        train_ds = build_dataset(tokenizer, examples, fmt, cfg.max_length, cfg.no_system, last_only=cfg.loss_on == "last", name_replies=cfg.name_replies)
+        checkpoints = out / "checkpoints" / (name if len(phases) > 1 else "")
+        callbacks = [rate] + ([RichProgress(rate, "train" if len(phases) == 1 else name)] if cfg.progress else [])
+        trainer = Trainer(
+            model=model, args=training_arguments(cfg, checkpoints, val_ds is not None, epochs),
+            train_dataset=train_ds, eval_dataset=val_ds, data_collator=counter, callbacks=callbacks,
+        )
+        if cfg.progress:
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)  # the rich bar shows loss; raw log dicts would break it up
+        if val_ds is not None and not cfg.resume and not history:
+            metrics["val_loss_before"] = trainer.evaluate()["eval_loss"]
+            metrics["val_perplexity_before"] = math.exp(metrics["val_loss_before"])
+            history.append({"step": 0, "eval_loss": metrics["val_loss_before"]})
+        finished = finished_checkpoint(checkpoints) if cfg.resume else None
+        if finished:
+            # the phase had ended before the crash; Trainer.train would take one step more on resuming it
+            trainer._load_from_checkpoint(str(finished))
+            trainer.state = TrainerState.load_from_json(str(finished / "trainer_state.json"))
+            logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+            loss, seconds = (sum(logged) / len(logged) if logged else float("nan")), 0.0
+        else:
+            result = trainer.train(resume_from_checkpoint=True if cfg.resume and any(checkpoints.glob("checkpoint-*")) else None)
+            loss, seconds = result.training_loss, result.metrics.get("train_runtime", 0.0)
+        # the plot runs on one step axis: later phases continue the first one's step count
+        history += [{**h, "step": h["step"] + steps} for h in trainer.state.log_history if "step" in h]
+        if len(phases) > 1:
+            metrics.setdefault("phases", []).append({"phase": name, "examples": len(train_ds), "steps": trainer.state.global_step, "train_loss": loss})
+        steps += trainer.state.global_step
+        runtime += seconds
+        loss_sum += loss * trainer.state.global_step
+        model = trainer.model
+    metrics.update(train_loss=loss_sum / steps if steps else float("nan"), train_runtime_s=runtime, steps=steps,
+                   useful_tokens_per_s=round(rate.tokens_per_second, 1), useful_tokens=rate.train_tokens)
     if val_ds is not None:
         metrics["val_loss"] = trainer.evaluate()["eval_loss"]
         metrics["val_perplexity"] = math.exp(metrics["val_loss"])
@@ -170,7 +210,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         return TrainResult(out, metrics, history)
 
     # 4. one directory charbot chat/discord can load
-    model = trainer.model
     if cfg.method == "lora":
         model = model.merge_and_unload()  # plain weights: no peft needed to serve it
     save_outputs(out, model, tokenizer, cfg, metrics, history, persona_path, character)

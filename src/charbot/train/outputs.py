@@ -58,7 +58,11 @@ def _fmt(v) -> str:
 
 def model_card(character: str, base: str, config: dict, metrics: dict) -> str:
     settings = "\n".join(f"| `{k}` | {_fmt(v)} |" for k, v in sorted(config.items()) if k not in ("push_to_hub", "progress"))
-    shown = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()))
+    shown = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if k != "phases")
+    phases = "".join(f"\nPhase {i}, {p['phase']}: {p['examples']} examples, {p['steps']} steps, training loss {_fmt(p['train_loss'])}."
+                     for i, p in enumerate(metrics.get("phases", []), 1))
+    if phases:
+        phases = "\nTrained in phases (`cast_first`): the other speakers' examples, then the character's own." + phases + "\n"
     return f"""---
 base_model: {base}
 library_name: transformers
@@ -85,7 +89,7 @@ top-p 0.7, no repeated 3-grams.
 
 Training examples: {metrics.get("train_examples", "?")}, validation examples: {metrics.get("val_examples", "?")}
 (split by episode, so validation scenes were never seen in training).
-
+{phases}
 ## Metrics
 
 | metric | value |

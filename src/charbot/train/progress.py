@@ -55,8 +55,9 @@ class TokenRate(TrainerCallback):
 
 
 class RichProgress(TrainerCallback):
-    def __init__(self, rate: TokenRate):
+    def __init__(self, rate: TokenRate, label: str = "train"):
         self.rate = rate
+        self.label = label
         self.progress = None
         self.task = None
         self.loss = float("nan")
@@ -68,7 +69,7 @@ class RichProgress(TrainerCallback):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+            TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
             TextColumn("val {task.fields[val]}"), TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TimeRemainingColumn(),
         )
         self.progress.start()
