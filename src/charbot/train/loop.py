@@ -113,13 +113,21 @@ def check_output_dir(cfg: TrainConfig, out: Path) -> None:
         raise ConfigError(f"output directory {out} already holds a model or checkpoints", "pass --resume to continue it, or choose another -o / delete it")
 
 
-def finished_checkpoint(checkpoints: Path) -> Path | None:
-    """The last checkpoint in `checkpoints` if it was written at the end of its run, else None."""
-    last = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]), default=None)
-    if last is None or not (last / "trainer_state.json").is_file():
-        return None
-    state = json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))
-    return last if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"] else None
+def run_phase(trainer, checkpoints: Path, resume: bool) -> tuple[float, float]:
+    """Train one phase, or with `resume` continue it from its last checkpoint: (mean training loss, seconds)."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+    state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
+    if state is not None and state.max_steps and state.global_step >= state.max_steps:
+        # the phase had ended before the crash; Trainer.train would take one step more on resuming it
+        trainer._load_from_checkpoint(last)
+        trainer.state = state
+        logged = [h["loss"] for h in state.log_history if "loss" in h]
+        return (sum(logged) / len(logged) if logged else float("nan")), 0.0
+    result = trainer.train(resume_from_checkpoint=last)
+    return result.training_loss, result.metrics.get("train_runtime", 0.0)
 
 
 def training_phases(cfg: TrainConfig, train_ex: list, character: str) -> list[tuple[str, list, float]]:
@@ -136,7 +144,7 @@ def training_phases(cfg: TrainConfig, train_ex: list, character: str) -> list[tu
 
 def train(cfg: TrainConfig) -> TrainResult:
     import torch
-    from transformers import Trainer, TrainerState, set_seed
+    from transformers import Trainer, set_seed
 
     cfg.validate()
     out = Path(cfg.output_dir).expanduser()
@@ -167,10 +175,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                      "prompt_format": fmt, "base_model": cfg.base_model or "HuggingFaceTB/SmolLM2-135M-Instruct"}
     history: list[dict] = []
     steps, runtime, loss_sum = 0, 0.0, 0.0
+    phased = len(phases) > 1
     for name, examples, epochs in phases:
         train_ds = build_dataset(tokenizer, examples, fmt, cfg.max_length, cfg.no_system, last_only=cfg.loss_on == "last", name_replies=cfg.name_replies)
-        checkpoints = out / "checkpoints" / (name if len(phases) > 1 else "")
-        callbacks = [rate] + ([RichProgress(rate, "train" if len(phases) == 1 else name)] if cfg.progress else [])
+        checkpoints = out / "checkpoints" / (name if phased else "")
+        callbacks = [rate] + ([RichProgress(rate, name if phased else "train")] if cfg.progress else [])
         trainer = Trainer(
             model=model, args=training_arguments(cfg, checkpoints, val_ds is not None, epochs),
             train_dataset=train_ds, eval_dataset=val_ds, data_collator=counter, callbacks=callbacks,
@@ -183,19 +192,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             metrics["val_loss_before"] = trainer.evaluate()["eval_loss"]
             metrics["val_perplexity_before"] = math.exp(metrics["val_loss_before"])
             history.append({"step": 0, "eval_loss": metrics["val_loss_before"]})
-        finished = finished_checkpoint(checkpoints) if cfg.resume else None
-        if finished:
-            # the phase had ended before the crash; Trainer.train would take one step more on resuming it
-            trainer._load_from_checkpoint(str(finished))
-            trainer.state = TrainerState.load_from_json(str(finished / "trainer_state.json"))
-            logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-            loss, seconds = (sum(logged) / len(logged) if logged else float("nan")), 0.0
-        else:
-            result = trainer.train(resume_from_checkpoint=True if cfg.resume and any(checkpoints.glob("checkpoint-*")) else None)
-            loss, seconds = result.training_loss, result.metrics.get("train_runtime", 0.0)
+        loss, seconds = run_phase(trainer, checkpoints, cfg.resume)
         # the plot runs on one step axis: later phases continue the first one's step count
         history += [{**h, "step": h["step"] + steps} for h in trainer.state.log_history if "step" in h]
-        if len(phases) > 1:
+        if phased:
             metrics.setdefault("phases", []).append({"phase": name, "examples": len(train_ds), "steps": trainer.state.global_step, "train_loss": loss})
         steps += trainer.state.global_step
         runtime += seconds
