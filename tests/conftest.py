@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from charbot.backends.base import Backend, Capabilities, Completion, Prompt
+from charbot.backends.base import Backend, Completion, Prompt
 from charbot.errors import BackendError
 from charbot.factory import sample_card_path
 from charbot.generation import GenerationSettings
@@ -21,12 +21,13 @@ class ScriptedBackend(Backend):
 
     Every prompt is kept in `prompts`, so tests can assert on exactly what the model was shown.
     `fail_next` makes the next N calls raise BackendError; `delay` makes generation take that long.
+    `parallel` is how many generations it says it serves at once; `peak` is the most that overlapped.
     """
 
     name = "scripted"
-    capabilities = Capabilities(chat=True, raw_text=True, streaming=True, exact_tokens=False)
 
-    def __init__(self, replies: list[str] | None = None, respond: Callable[[Prompt], str] | None = None, *, context_window: int = 2048, delay: float = 0.0):
+    def __init__(self, replies: list[str] | None = None, respond: Callable[[Prompt], str] | None = None, *, context_window: int = 2048,
+                 delay: float = 0.0, parallel: int = 1):
         self.replies = list(replies or ["Aye, sprat."])
         self.respond = respond
         self.context_window = context_window
@@ -37,6 +38,13 @@ class ScriptedBackend(Backend):
         self.settings: list[GenerationSettings] = []
         self.fail_next = 0
         self.calls = 0
+        self.parallel = parallel
+        self.running = 0
+        self.peak = 0
+
+    @classmethod
+    def from_settings(cls, settings) -> ScriptedBackend:
+        return cls(context_window=settings.context_window)
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -53,9 +61,14 @@ class ScriptedBackend(Backend):
 
     async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
         self.settings.append(settings)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        text = self._next(prompt)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            text = self._next(prompt)
+        finally:
+            self.running -= 1
         return Completion(text, len(text.split()))
 
     async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str]:

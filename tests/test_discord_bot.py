@@ -133,6 +133,24 @@ async def test_a_429_is_waited_out(fake, world, isolated_env):
         assert post.at - limited[0].at >= 0.55
 
 
+async def test_a_reply_discord_refused_is_not_remembered(fake, world, isolated_env):
+    """The character never recalls a line nobody saw: memory is written once the reply was delivered."""
+    guild, general, _, user = world
+    backend = ScriptedBackend(["A line nobody will see.", "A line that arrives."])
+    fake.state.refuse("POST", f"/channels/{general['id']}/messages")  # e.g. the bot lost Send Messages for a moment
+    async with running_bot(fake, backend, isolated_env / "m.db") as bot:
+        conversation = f"discord:{general['id']}"
+        await fake.say(general, user, f"<@{bot.user.id}> first", guild=guild, mentions=[fake.state.bot_user])
+        await fake.wait_for(lambda: bot.metrics.errors.labels("discord")._value.get() == 1)
+        assert bot.engine.store.count_messages(conversation) == 0
+        await fake.say(general, user, f"<@{bot.user.id}> second", guild=guild, mentions=[fake.state.bot_user])
+        [post] = await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
+        assert post.json["content"] == "A line that arrives."
+        await fake.wait_for(lambda: bot.engine.store.count_messages(conversation) == 2)
+        assert [t.content for t in bot.engine.store.history(conversation)] == ["second", "A line that arrives."]
+        assert all("nobody will see" not in m.content for m in backend.prompts[-1].messages)
+
+
 async def test_server_closing_the_socket_leads_to_resume_without_losing_a_reply(fake, world, isolated_env):
     guild, general, _, user = world
     async with running_bot(fake, ScriptedBackend(["Still here."]), isolated_env / "m.db") as bot:

@@ -50,7 +50,7 @@ def test_rules_from_settings(isolated_env, monkeypatch):
     from charbot.config import load_settings
 
     monkeypatch.setenv("CHARBOT_DISCORD_CHAT_CHANNELS", "[30, 31]")
-    rules = Rules.from_settings(load_settings(discord_blocked_users=[7], discord_allow_dms=False))
+    rules = Rules.from_settings(load_settings(discord_blocked_users=[7], discord_allow_dms=False).discord)
     assert rules.chat_channels == {30, 31} and rules.blocked_users == {7} and rules.allow_dms is False
 
 

@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from charbot.eval.metrics import distinct_by_round, distinct_n, mean_length  # noqa: E402
-from charbot.train.data import load_jsonl  # noqa: E402
+from charbot.dataset import load_jsonl  # noqa: E402
 from train_support import make_prepared, make_tiny_base  # noqa: E402
 
 
@@ -41,17 +41,18 @@ def test_perplexity_falls_after_training_on_the_character(setup):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from charbot.eval.perplexity import response_perplexity
+    from charbot.rendering import Renderer
     from charbot.train.config import TrainConfig
     from charbot.train.loop import train
 
     data, base, root = setup
     val = load_jsonl(data / "val.jsonl")
     tok = AutoTokenizer.from_pretrained(base)
-    before = response_perplexity(AutoModelForCausalLM.from_pretrained(base), tok, val, "chat")
+    before = response_perplexity(AutoModelForCausalLM.from_pretrained(base), tok, Renderer.for_tokenizer(tok), val)
     assert before > 100  # a random model is close to uniform over its ~400 tokens
     out = train(TrainConfig(data=data, output_dir=root / "ft", base_model=str(base), max_steps=30, learning_rate=3e-3,
                             batch_size=4, eval_steps=0, progress=False, threads=1)).output_dir
-    after = response_perplexity(AutoModelForCausalLM.from_pretrained(out), tok, val, "chat")
+    after = response_perplexity(AutoModelForCausalLM.from_pretrained(out), tok, Renderer.for_tokenizer(tok), val)
     assert after < before * 0.7
 
 
@@ -106,14 +107,14 @@ def test_eval_writes_a_report_comparing_models(setup, tmp_path):
 
 
 def test_named_reply_perplexity_scores_the_line_not_the_name():
-    from charbot.eval.perplexity import reply_labels
-    from charbot.train.data import IGNORE
+    from charbot.dataset import IGNORE, encode
+    from charbot.rendering import Renderer
     from train_support import make_tokenizer
 
     tok = make_tokenizer()
     msgs = [{"role": "user", "content": "Pip: Fog again?"}, {"role": "assistant", "content": "Aye."},
             {"role": "user", "content": "Pip: And the bell?"}, {"role": "assistant", "content": "Rung twice."}]
-    ids, labels = reply_labels(tok, msgs, "chat", "Orla")
+    ids, labels = encode(tok, Renderer.for_tokenizer(tok, "chat"), msgs, last_only=True, speaker="Orla")
     assert "assistant\nOrla: Aye.<|im_end|>" in tok.decode(ids) and tok.decode(ids).count("Orla:") == 2
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == " Rung twice.<|im_end|>\n"
 

@@ -7,13 +7,14 @@ import json
 import os
 import socket
 import tempfile
+import types
 import typing
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from charbot.config import Settings, load_settings
+from charbot.config import FLAT, field_info, load_settings
 from charbot.errors import CharbotError, ConfigError, PersonaError
 from charbot.persona import MAX_CARD_BYTES, load_card, parse_card
 from charbot.prepare import ScriptError, prepare
@@ -165,8 +166,8 @@ def _bad_values(annotation) -> list[str]:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return ["no-such-choice"]
-    inner = [a for a in args if a is not type(None)] or [annotation]
-    kind = inner[0]
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kind = [a for a in args if a is not type(None)][0] if optional else annotation
     if typing.get_origin(kind) is typing.Literal:
         return ["no-such-choice"]
     if kind is bool:
@@ -175,15 +176,18 @@ def _bad_values(annotation) -> list[str]:
         return ["lots", "-1e999"]
     if typing.get_origin(kind) is list:
         return ["1,2", "[1, \"x\"]", "{not json"]
+    if typing.get_origin(kind) is tuple:
+        return ["{not json", "[1, 2]"]
     return []
 
 
-CHECKED = [(name, value) for name, field in Settings.model_fields.items() for value in _bad_values(field.annotation)]
+# Every setting by its flat name (CHARBOT_<NAME>), whichever group it lives in.
+CHECKED = [(name, value) for name in FLAT for value in _bad_values(field_info(name).annotation)]
 
 
 def test_every_typed_setting_is_checked():
     names = {n for n, _ in CHECKED}
-    typed = {n for n, f in Settings.model_fields.items() if f.annotation not in (str, str | None)}
+    typed = {n for n in FLAT if field_info(n).annotation not in (str, str | None)}
     assert typed - names <= {"persona_dir", "db_path"}, typed - names  # paths: any string is a path
 
 

@@ -1,5 +1,9 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from charbot.factory import sample_card_path
 from charbot.memory import Turn
-from charbot.persona import render
+from charbot.persona import load_card, render
 from charbot.prompt import MESSAGE_OVERHEAD, PromptBuilder
 
 
@@ -54,19 +58,32 @@ def test_examples_dropped_before_turns(sample_card):
     assert examples_cost > 1
 
 
-def test_oldest_turns_dropped_when_short(sample_card):
-    persona = render(sample_card, "Sam")
-    turn_cost = words("Sam: question number 9") + MESSAGE_OVERHEAD
-    fixed = words(persona.system) + MESSAGE_OVERHEAD + words("Sam: and now?") + 2 * MESSAGE_OVERHEAD
-    built = builder(fixed + 3 * turn_cost + 16).build(persona, history(10), "and now?", "Sam")
-    assert built.turns_kept == 3
-    contents = [m.content for m in built.prompt.messages[1:]]
-    assert contents[-1] == "Sam: and now?"
-    assert "Orla: answer number 9" in contents  # the newest survive
-    assert not any("number 0" in c for c in contents)
+def prompt_cost(built) -> int:
+    """What the prompt really costs under the test's counter: every message with its template markers, plus
+    the generation prompt."""
+    return sum(words(m.content) + MESSAGE_OVERHEAD for m in built.prompt.messages) + MESSAGE_OVERHEAD
+
+
+@settings(max_examples=60, deadline=None)
+@given(window=st.integers(min_value=40, max_value=400), turns=st.integers(min_value=0, max_value=30))
+def test_prompt_fits_the_window_and_keeps_the_newest_turns(window, turns):
+    persona = render(load_card(sample_card_path()), "Sam")
+    past = history(turns // 2)
+    budget = max(64, window - 16)
+    built = builder(window).build(persona, past, "and now?", "Sam")
+    msgs = built.prompt.messages
+    assert prompt_cost(built) <= max(budget, prompt_cost(builder(0).build(persona, [], "and now?", "Sam")))
+    assert msgs[-1].content == "Sam: and now?" and msgs[0].role == "system"
+    kept = [m.content for m in msgs[1:-1] if m.content.startswith(("Sam: question", "Orla: answer"))]
+    expected = [f"Sam: {t.content}" if t.role == "user" else f"Orla: {t.content}" for t in past]
+    assert kept == expected[len(expected) - len(kept) :]  # a suffix: only the oldest were dropped
+    assert built.turns_kept == len(kept)
+    if built.turns_kept < len(past):  # dropping turns only when the next older one would not have fitted
+        assert prompt_cost(built) + words(expected[-len(kept) - 1]) + MESSAGE_OVERHEAD > budget
 
 
 def test_dialogpt_format_joins_turns_with_eos(sample_card):
     built = builder(4096, fmt="dialogpt").build(render(sample_card, "Sam"), history(1), "and now?", "Sam")
-    assert built.prompt.text == "question number 0<eos>answer number 0<eos>and now?<eos>"
+    # the same turns as chat models get (other speakers named, as `prepare` writes training data), joined by EOS
+    assert built.prompt.text == "Sam: question number 0<eos>answer number 0<eos>Sam: and now?<eos>"
     assert not built.prompt.is_chat

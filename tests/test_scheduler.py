@@ -7,17 +7,16 @@ import random
 
 import pytest
 
-from charbot.backends.base import Capabilities, Completion
+from charbot.backends.base import Completion
 from charbot.engine import Engine
 from charbot.errors import BusyError
-from charbot.scheduler import DeadlineExceeded, QueueFull, Scheduler, backend_capacity
+from charbot.factory import build_engine
+from charbot.scheduler import DeadlineExceeded, QueueFull, Scheduler
 from conftest import ScriptedBackend
 
 
 class CountingBackend(ScriptedBackend):
     """Scripted replies that take `delay` and record how many generations overlap."""
-
-    capabilities = Capabilities(chat=True, raw_text=True, streaming=False, batching=True)
 
     def __init__(self, *a, parallel: int = 4, **kw):
         super().__init__(*a, **kw)
@@ -132,9 +131,43 @@ async def test_cancelled_waiter_leaves_the_line():
     assert s.depth == 0
 
 
-def test_capacity_follows_the_backend(scripted):
-    assert backend_capacity(scripted) == 1  # no batching: one at a time
-    assert backend_capacity(CountingBackend(parallel=6)) == 6
+def test_capacity_is_fixed_at_assembly_and_never_above_the_backends(isolated_env):
+    from charbot.config import load_settings
+
+    settings = load_settings()
+    assert build_engine(settings, backend=CountingBackend(parallel=1), max_inflight=8).scheduler.capacity == 1
+    assert build_engine(settings, backend=CountingBackend(parallel=6)).scheduler.capacity == 6
+    assert build_engine(settings, backend=CountingBackend(parallel=6), max_inflight=2, max_queue=3).scheduler.capacity == 2
+    assert not hasattr(Scheduler, "configure")  # nothing re-bounds it after assembly
+
+
+async def test_delivery_frees_the_model_but_holds_the_conversation(store, sample_card):
+    """While a reply is being sent, another channel may generate; the same channel's next turn waits."""
+    backend = CountingBackend(respond=echo_last_user, parallel=1, delay=0.0)
+    engine = Engine(backend, store, sample_card)
+    sending, finish_sending = asyncio.Event(), asyncio.Event()
+
+    async def slow_delivery(reply) -> None:
+        sending.set()
+        await finish_sending.wait()
+
+    first = asyncio.create_task(engine.reply("a", "opening words", deliver=slow_delivery))
+    await sending.wait()
+    other = await engine.reply("b", "elsewhere")  # capacity 1, yet not blocked by a's delivery
+    assert other.text == "You said elsewhere"
+    later = asyncio.create_task(engine.reply("a", "closing words"))
+
+    async def queued() -> None:
+        while engine.scheduler.waiting == 0 and not later.done():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(queued(), 5)
+    assert not later.done() and store.count_messages("a") == 0  # a's second turn waits for its first to be sent
+    assert all("closing words" not in m.content for p in backend.prompts for m in p.messages)
+    finish_sending.set()
+    await first
+    await later
+    assert [t.content for t in store.history("a")] == ["opening words", "You said opening words", "closing words", "You said closing words"]
 
 
 async def test_engine_serves_conversations_concurrently_and_each_in_order(store, sample_card):

@@ -18,6 +18,8 @@ pytestmark = pytest.mark.torch
 QUESTIONS = ["Hello there", "Who are you and what brings you up my tower?", "Mind the step", "The kettle is on.",
              "Batten down the hatches, a storm is coming in from the west, sprat."]
 GREEDY = GenerationSettings(max_new_tokens=10, do_sample=False, no_repeat_ngram_size=0)
+# The random tiny model may end at once; with EOS ignored every reply is generated text of a known length.
+FULL = GREEDY.but(ignore_eos=True)
 
 
 def ask(q: str) -> Prompt:
@@ -38,12 +40,12 @@ async def backend(model_dir):
 
 
 async def test_batched_greedy_equals_one_at_a_time(backend):
+    sizes = backend.worker.batch_sizes
     alone = [await backend.complete(ask(q), GREEDY) for q in QUESTIONS]
-    assert backend._batcher.batches == len(QUESTIONS)
-    before = backend._batcher.batches
+    assert sizes == {1: len(QUESTIONS)}
     together = await asyncio.gather(*(backend.complete(ask(q), GREEDY) for q in QUESTIONS))
-    # five requests, four per batch: at most three generate calls (the first may start alone before the rest queue)
-    assert backend._batcher.batches - before < len(QUESTIONS)
+    # five requests, four per batch: the first may start alone before the rest queue, then they go together
+    assert max(sizes) > 1 and sum(size * n for size, n in sizes.items()) == 2 * len(QUESTIONS)
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.completion_tokens for c in together] == [c.completion_tokens for c in alone]
     assert all(c.text for c in alone) and len({c.prompt_tokens for c in alone}) > 1  # different lengths: real padding
@@ -71,8 +73,9 @@ async def test_streams_of_a_batch_add_up_to_their_completions(backend):
 
 
 async def test_engine_serves_conversations_in_batches(backend, store, sample_card):
-    engine = Engine(backend, store, sample_card, GREEDY)
+    engine = Engine(backend, store, sample_card, FULL, fallback_reply="<fallback>")
     assert engine.scheduler.capacity == 4
     replies = await asyncio.gather(*(engine.reply(f"c{i}", q) for i, q in enumerate(QUESTIONS)))
-    assert all(r.text for r in replies)
+    assert max(backend.worker.batch_sizes) > 1  # conversations really shared generate calls
+    assert all(not r.fallback and r.text != "<fallback>" and r.completion_tokens == 10 for r in replies)
     assert all(store.count_messages(f"c{i}") == 2 for i in range(len(QUESTIONS)))

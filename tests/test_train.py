@@ -13,7 +13,8 @@ pytestmark = pytest.mark.torch
 import torch  # noqa: E402
 
 from charbot.train.config import TrainConfig  # noqa: E402
-from charbot.train.data import IGNORE, encode, load_jsonl  # noqa: E402
+from charbot.dataset import IGNORE, encode, load_jsonl  # noqa: E402
+from charbot.rendering import Renderer  # noqa: E402
 from train_support import make_prepared, make_tiny_base, make_tokenizer  # noqa: E402
 
 
@@ -46,7 +47,7 @@ TWO_REPLIES = [
 def test_only_the_characters_tokens_carry_labels():
     tok = make_tokenizer()
     msgs = TWO_REPLIES
-    ids, labels = encode(tok, msgs, "chat")
+    ids, labels = encode(tok, Renderer.for_tokenizer(tok, "chat"), msgs)
     assert len(ids) == len(labels)
     labelled = [i for i, lab in zip(ids, labels) if lab != IGNORE]
     assert tok.decode(labelled) == "Aye, sprat. Since dusk.<|im_end|>\nRung twice, as ever.<|im_end|>\n"
@@ -60,17 +61,17 @@ def test_loss_on_last_labels_only_the_examples_own_line():
     """prepare's examples overlap: the line before this one is the previous example's own line."""
     tok = make_tokenizer()
     msgs = TWO_REPLIES
-    ids, labels = encode(tok, msgs, "chat", last_only=True)
-    assert ids == encode(tok, msgs, "chat")[0]
+    ids, labels = encode(tok, Renderer.for_tokenizer(tok, "chat"), msgs, last_only=True)
+    assert ids == encode(tok, Renderer.for_tokenizer(tok, "chat"), msgs)[0]
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == "Rung twice, as ever.<|im_end|>\n"
-    ids, labels = encode(tok, msgs, "dialogpt", last_only=True)
+    ids, labels = encode(tok, Renderer.for_tokenizer(tok, "dialogpt"), msgs, last_only=True)
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == "Rung twice, as ever.<|im_end|>"
 
 
 def test_named_replies_show_the_name_as_context_and_label_the_line():
     tok = make_tokenizer()
     msgs = [{"role": "user", "content": "Pip: Is the lamp lit?"}, {"role": "assistant", "content": "Aye, sprat."}]
-    ids, labels = encode(tok, msgs, "chat", speaker="Orla")
+    ids, labels = encode(tok, Renderer.for_tokenizer(tok, "chat"), msgs, speaker="Orla")
     assert "<|im_start|>assistant\nOrla: Aye, sprat.<|im_end|>" in tok.decode(ids)
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == " Aye, sprat.<|im_end|>\n"
 
@@ -78,7 +79,7 @@ def test_named_replies_show_the_name_as_context_and_label_the_line():
 def test_dialogpt_format_joins_turns_with_eos_and_labels_the_reply():
     tok = make_tokenizer()
     msgs = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Pip: Fog again?"}, {"role": "assistant", "content": "Aye, sprat."}]
-    ids, labels = encode(tok, msgs, "dialogpt")
+    ids, labels = encode(tok, Renderer.for_tokenizer(tok, "dialogpt"), msgs)
     assert tok.decode(ids) == "Pip: Fog again?<|im_end|>Aye, sprat.<|im_end|>"
     assert tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE]) == "Aye, sprat.<|im_end|>"
 

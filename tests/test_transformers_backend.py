@@ -47,11 +47,13 @@ async def test_dialogpt_style_model_through_the_engine(plain_model, store, sampl
     backend = TransformersBackend(str(plain_model), device="cpu")
     await backend.load()
     assert backend.default_prompt_format == "dialogpt" and backend.eos_token == "<|endoftext|>"
-    engine = Engine(backend, store, sample_card, GenerationSettings(max_new_tokens=8, do_sample=False), fallback_reply="(silence)")
+    # EOS ignored: the random tiny model writes 8 tokens of text, never an empty reply that would fall back
+    engine = Engine(backend, store, sample_card, GenerationSettings(max_new_tokens=8, do_sample=False, ignore_eos=True), fallback_reply="(silence)")
     first = await engine.reply("c", "Hello there")
-    await engine.reply("c", "How are you today?")
-    assert first.text  # a real reply or the fallback: never empty
+    second = await engine.reply("c", "How are you today?")
+    assert not first.fallback and not second.fallback and first.completion_tokens == 8
     assert [t.role for t in store.history("c")] == ["user", "assistant"] * 2
+    assert second.turns_in_prompt == 2  # the first exchange went into the second prompt, joined by EOS
 
 
 def test_auto_backend_picks_transformers_for_hf_dirs(chat_model):

@@ -3,20 +3,18 @@ it calls a backend through one protocol. No discord, torch or CLI code here."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from charbot.backends.base import Backend, PromptFormat
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
 from charbot.memory import MemoryStoreError, MemoryStore, Turn
 from charbot.persona import CharacterCard, render
 from charbot.prompt import BuiltPrompt, PromptBuilder
-from charbot.scheduler import Scheduler, backend_capacity
+from charbot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +22,7 @@ UNUSABLE_RETRIES = 2
 HISTORY_FETCH = 400  # turns read from memory before the token budget trims them
 
 OnUpdate = Callable[[str], Awaitable[None] | None]
+Deliver = Callable[["Reply"], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,9 @@ class Engine:
         self.user_name = user_name
         self.fallback_reply = fallback_reply
         self._format = prompt_format
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.memory_status = "ok"  # or "error: …" while replies cannot be saved
         # Every generation goes through the scheduler: as many at once as the backend can serve.
-        self.scheduler = scheduler or Scheduler(backend_capacity(backend), max_queue=1_000_000)
+        self.scheduler = scheduler or Scheduler(backend.parallel)
 
     @property
     def prompt_format(self) -> PromptFormat:
@@ -112,21 +110,23 @@ class Engine:
     # --- replies -------------------------------------------------------------------------------------
     async def reply(
         self, conversation_id: str, text: str, *, speaker: str | None = None, on_update: OnUpdate | None = None,
-        deadline: float | None = None,
+        deliver: Deliver | None = None, deadline: float | None = None,
     ) -> Reply:
-        """Generate, clean and remember a reply. Turns of one conversation are served in arrival order.
+        """Generate and clean a reply, hand it to `deliver` (which shows it to the user), then remember the
+        exchange. A reply whose delivery raised is not remembered: the character never recalls a line nobody
+        saw. Turns of one conversation are served in arrival order, delivery included.
 
         Raises BusyError (QueueFull, DeadlineExceeded) when the scheduler cannot serve it in time; `deadline`
         is a `time.monotonic()` instant (default: now + the scheduler's timeout).
         """
-        async with self.scheduler.slot(conversation_id, deadline=deadline):
-            # The scheduler already keeps one conversation's turns in order; the lock guards callers that
-            # share an engine but bypass it (a subclass, a test) and costs nothing uncontended.
-            lock = self._locks.get(conversation_id)
-            if lock is None:
-                lock = self._locks[conversation_id] = asyncio.Lock()
-            async with lock:
-                return await self._reply(conversation_id, text, speaker, on_update)
+        async with self.scheduler.slot(conversation_id, deadline=deadline) as held:
+            reply = await self._reply(conversation_id, text, speaker, on_update)
+            held.generated()  # the model is free for other conversations while this reply is sent
+            if deliver is not None:
+                await deliver(reply)
+            if conversation_id:
+                self._remember(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply.text, reply.persona)])
+            return reply
 
     async def ask(
         self, text: str, *, speaker: str | None = None, persona: CharacterCard | None = None, deadline: float | None = None
@@ -145,12 +145,12 @@ class Engine:
         tokens = 0
         reply = ""
         for attempt in range(1 + UNUSABLE_RETRIES):
-            if on_update is not None and attempt == 0 and self.backend.capabilities.streaming:
+            if on_update is not None and attempt == 0:
                 raw = await self._stream(built, settings, card.name, users, on_update)
                 used = self.backend.count_tokens(raw)
                 truncated = used >= settings.max_new_tokens
             else:
-                attempt_settings = settings if attempt == 0 else replace(settings, seed=None, do_sample=True)
+                attempt_settings = settings if attempt == 0 else settings.model_copy(update={"seed": None, "do_sample": True})
                 completion = await self.backend.complete(built.prompt, attempt_settings)
                 raw, used = completion.text, completion.completion_tokens
                 truncated = completion.finish_reason == "length" or used >= settings.max_new_tokens
@@ -164,8 +164,6 @@ class Engine:
         fallback = not is_usable(reply, text)
         if fallback:
             reply = self.fallback_reply
-        if conversation_id:
-            self._remember(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply, card.name)])
         return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback)
 
     def _remember(self, conversation_id: str, turns: list[Turn]) -> None:
@@ -198,4 +196,4 @@ class Engine:
         if not self.backend.ready:
             await self.backend.load()
         built, card = self.build_prompt("", "Hello", persona=self.default_persona)
-        await self.backend.complete(built.prompt, replace(self.settings, max_new_tokens=1))
+        await self.backend.complete(built.prompt, self.settings.model_copy(update={"max_new_tokens": 1}))

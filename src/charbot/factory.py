@@ -9,10 +9,9 @@ from charbot.backends import create_backend
 from charbot.config import Settings
 from charbot.engine import Engine
 from charbot.errors import PersonaError
-from charbot.generation import GenerationSettings
 from charbot.memory import MemoryStore
 from charbot.persona import CharacterCard, load_card
-from charbot.scheduler import Scheduler, backend_capacity
+from charbot.scheduler import Scheduler
 
 SAMPLE_CARD = "orla.json"
 
@@ -50,17 +49,22 @@ def load_personas(settings: Settings) -> tuple[CharacterCard, dict[str, Characte
     return default, personas
 
 
-def build_engine(settings: Settings, *, backend=None, store: MemoryStore | None = None) -> Engine:
+def build_engine(
+    settings: Settings, *, backend=None, store: MemoryStore | None = None, max_inflight: int | None = None, max_queue: int | None = None
+) -> Engine:
+    """The engine the settings describe. A transport that bounds its load passes `max_inflight` and `max_queue`:
+    the scheduler then runs min(max_inflight, what the backend serves at once) generations, and is fixed."""
     default, personas = load_personas(settings)
     backend = backend if backend is not None else create_backend(settings)
+    capacity = min(max_inflight or backend.parallel, backend.parallel)
     return Engine(
         backend,
-        store if store is not None else MemoryStore(settings.resolved_db_path()),
+        store if store is not None else MemoryStore(settings.memory.resolved_db_path()),
         default,
-        GenerationSettings.from_settings(settings),
+        settings.generation,
         prompt_format=settings.prompt_format,
         user_name=settings.user_name,
         fallback_reply=settings.fallback_reply,
         personas=personas,
-        scheduler=Scheduler(backend_capacity(backend), max_queue=1_000_000, timeout=settings.queue_timeout),
+        scheduler=Scheduler(capacity, max_queue=max_queue, timeout=settings.queue_timeout),
     )

@@ -3,41 +3,35 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How a reply is sampled. Defaults are the original tutorial's `model.generate(...)` arguments."""
+class GenerationSettings(BaseModel):
+    """How a reply is sampled. Defaults are the original tutorial's `model.generate(...)` arguments.
 
-    max_new_tokens: int = 64
-    do_sample: bool = True
-    temperature: float = 0.8
-    top_k: int = 100
-    top_p: float = 0.7
-    no_repeat_ngram_size: int = 3
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = field(default_factory=tuple)
+    The same model is the `generation` group of the settings (CHARBOT_TEMPERATURE, …) and what backends receive."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Cap on tokens generated per reply.")
+    do_sample: bool = Field(True, description="Sample (true) or greedy decoding (false).")
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_k: int = Field(100, ge=0, le=100_000, description="Top-k sampling (0: off).")
+    top_p: float = Field(0.7, gt=0.0, le=1.0, description="Top-p (nucleus) sampling.")
+    no_repeat_ngram_size: int = Field(3, ge=0, le=64, description="Never repeat an n-gram of this size (0: off).")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Penalty on tokens already generated (1: off).")
+    seed: int | None = Field(None, description="Sampling seed for reproducible replies.")
+    stop: tuple[str, ...] = Field((), description="Extra strings that end a reply.")
+    # Benchmarks compare identical work: every side generates exactly max_new_tokens.
+    ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token (benchmarks).")
 
     def with_stop(self, *extra: str) -> GenerationSettings:
-        return replace(self, stop=tuple(dict.fromkeys((*self.stop, *extra))))
+        return self.model_copy(update={"stop": tuple(dict.fromkeys((*self.stop, *extra)))})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_settings(cls, s) -> GenerationSettings:
-        return cls(
-            max_new_tokens=s.max_new_tokens,
-            do_sample=s.do_sample,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            no_repeat_ngram_size=s.no_repeat_ngram_size,
-            repetition_penalty=s.repetition_penalty,
-            seed=s.seed,
-        )
+    def but(self, **changes) -> GenerationSettings:
+        """A copy with `changes`, validated like the original."""
+        return GenerationSettings.model_validate({**self.model_dump(), **changes})
 
 
 class NoRepeatNGram:

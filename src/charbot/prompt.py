@@ -2,6 +2,10 @@
 
 Priority when space is short: the persona's core text and the new message always stay; example dialogue
 goes first; then the oldest turns. A new message too big for the context on its own is cut to fit.
+
+Both formats show the same turns (rendering.py): other speakers named where speakers are named, consecutive
+turns of one side joined; chat models get them as messages under the persona, DialoGPT-style models as
+utterances joined by EOS with no persona (the model cannot take one).
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from charbot.backends.base import Message, Prompt, PromptFormat
+from charbot.backends.base import Prompt, PromptFormat
 from charbot.memory import Turn
 from charbot.persona import RenderedPersona
+from charbot.rendering import dialogpt_text, merged_turns, speaker_text
 
 MESSAGE_OVERHEAD = 5  # chat-template markers per message (<|im_start|>role\n … <|im_end|>\n)
+EOS_COST = 1  # the EOS after each DialoGPT utterance
 
 
 @dataclass(frozen=True)
@@ -23,10 +29,6 @@ class BuiltPrompt:
     turns_available: int
     examples_kept: bool
     prompt_tokens: int
-
-
-def speaker_text(turn_text: str, speaker: str | None) -> str:
-    return f"{speaker}: {turn_text}" if speaker else turn_text
 
 
 class PromptBuilder:
@@ -42,15 +44,52 @@ class PromptBuilder:
         self.count = count_tokens
         self.fmt = fmt
         self.eos = eos_token or ""
+        self.per_turn = MESSAGE_OVERHEAD if fmt == "chat" else EOS_COST
         # Room for the reply, plus slack for tokenizer differences between our count and the template's.
         self.budget = max(64, context_window - max_new_tokens - 16)
 
     def build(self, persona: RenderedPersona, history: Sequence[Turn], text: str, speaker: str | None) -> BuiltPrompt:
-        if self.fmt == "dialogpt":
-            return self._dialogpt(history, Turn("user", self._fit(text, self.budget - 1), speaker))
-        fixed = self.count(persona.system + (f"\n{persona.post_history}" if persona.post_history else ""))
-        room = self.budget - fixed - 2 * MESSAGE_OVERHEAD - self.count(speaker_text("", speaker))
-        return self._chat(persona, history, Turn("user", self._fit(text, room), speaker))
+        chat = self.fmt == "chat"
+        # Where speakers are named ("sam: hi"), the character is named too: a small model shown only the
+        # other side's "Name: " lines writes its reply as one of them, which is then an unusable reply.
+        char = persona.char if chat and speaker is not None else None
+
+        def shown(turn: Turn) -> str:
+            return speaker_text(turn.content, char if turn.role == "assistant" else turn.speaker)
+
+        system = persona.system + (f"\n{persona.post_history}" if persona.post_history else "") if chat else ""
+        # system message and the generation prompt (chat), then the new message
+        fixed = (self.count(system) + 2 * MESSAGE_OVERHEAD) if chat else 0
+        room = self.budget - fixed - self.count(speaker_text("", speaker)) - self.per_turn
+        new = Turn("user", self._fit(text, room), speaker)
+        used = fixed + self.count(shown(new)) + self.per_turn
+        examples = self._examples(persona, char) if chat else []
+        examples_cost = sum(self.count(t) + (2 if role == "system" else MESSAGE_OVERHEAD) for role, t in examples)
+        cost = [self.count(shown(t)) + self.per_turn for t in history]
+        keep_examples = bool(examples) and used + examples_cost + sum(cost) <= self.budget
+        used += examples_cost if keep_examples else 0
+        kept = 0
+        for c in reversed(cost):  # newest first
+            if used + c > self.budget:
+                break
+            used += c
+            kept += 1
+        turns = [(t.role, shown(t)) for t in [*history[len(history) - kept :], new]]
+        if not chat:
+            return BuiltPrompt(Prompt(text=dialogpt_text((m.content for m in merged_turns(turns)), self.eos)), kept, len(history), False, used)
+        head = [("system", system + "".join(f"\n\n{t}" for role, t in examples if role == "system" and keep_examples))]
+        head += [(role, t) for role, t in examples if role != "system" and keep_examples]
+        prefix = f"{char}:" if char else ""  # and the reply is begun as the character's line
+        return BuiltPrompt(Prompt(messages=tuple(merged_turns(head + turns)), reply_prefix=prefix), kept, len(history), keep_examples, used)
+
+    @staticmethod
+    def _examples(persona: RenderedPersona, char: str | None) -> list[tuple[str, str]]:
+        """Example dialogue (in the system message) and the greeting (the character's opening turn, as in
+        SillyTavern): they show the character's voice and are the first to go."""
+        parts = [("system", persona.examples)] if persona.examples else []
+        if persona.greeting:
+            parts.append(("assistant", speaker_text(persona.greeting, char)))
+        return parts
 
     def _fit(self, text: str, room: int) -> str:
         """`text`, or its start cut at a word so that it costs at most `room` tokens: an oversized message
@@ -68,52 +107,3 @@ class PromptBuilder:
         cut = text[:lo]
         at = cut.rfind(" ")
         return (cut[:at] if at > lo // 2 else cut).rstrip() + " …"
-
-    # --- chat-template models ------------------------------------------------------------------------
-    def _chat(self, persona: RenderedPersona, history: Sequence[Turn], new: Turn) -> BuiltPrompt:
-        system_core = persona.system + (f"\n{persona.post_history}" if persona.post_history else "")
-        # Where speakers are named ("sam: hi"), the character is named too: a small model shown only the
-        # other side's "Name: " lines writes its reply as one of them, which is then an unusable reply.
-        char = persona.char if new.speaker is not None else None
-
-        def shown(turn: Turn) -> str:
-            return speaker_text(turn.content, char if turn.role == "assistant" else turn.speaker)
-
-        cost = [self.count(shown(t)) + MESSAGE_OVERHEAD for t in history]
-        fixed = self.count(system_core) + MESSAGE_OVERHEAD + self.count(shown(new)) + 2 * MESSAGE_OVERHEAD
-        # example dialogue and the greeting show the character's voice; they are the first to go
-        examples_cost = (self.count(persona.examples) + 2 if persona.examples else 0) + (
-            self.count(speaker_text(persona.greeting, char)) + MESSAGE_OVERHEAD if persona.greeting else 0
-        )
-        has_examples = bool(persona.examples or persona.greeting)
-        keep_examples = has_examples and fixed + examples_cost + sum(cost) <= self.budget
-        used = fixed + (examples_cost if keep_examples else 0)
-        kept = 0
-        for c in reversed(cost):  # newest first
-            if used + c > self.budget:
-                break
-            used += c
-            kept += 1
-        system = system_core + (f"\n\n{persona.examples}" if keep_examples and persona.examples else "")
-        messages = [Message("system", system)]
-        if keep_examples and persona.greeting:
-            messages.append(Message("assistant", speaker_text(persona.greeting, char)))
-        for turn in list(history)[len(history) - kept :] + [new]:
-            messages.append(Message(turn.role, shown(turn)))  # type: ignore[arg-type]
-        prefix = f"{char}:" if char else ""  # and the reply is begun as the character's line
-        return BuiltPrompt(Prompt(messages=tuple(messages), reply_prefix=prefix), kept, len(history), keep_examples, used)
-
-    # --- DialoGPT-style models: turns joined by EOS, no persona (the model cannot take one) ------------
-    def _dialogpt(self, history: Sequence[Turn], new: Turn) -> BuiltPrompt:
-        eos_cost = 1
-        used = self.count(new.content) + eos_cost
-        kept = 0
-        for turn in reversed(history):
-            c = self.count(turn.content) + eos_cost
-            if used + c > self.budget:
-                break
-            used += c
-            kept += 1
-        turns = list(history)[len(history) - kept :] + [new]
-        text = "".join(t.content + self.eos for t in turns)
-        return BuiltPrompt(Prompt(text=text), kept, len(history), False, used)

@@ -1,9 +1,10 @@
 """The generation scheduler: between the transports and the backend.
 
-Requests from many conversations run at once up to the backend's capacity (its `parallel` sequences when it
-batches, else one); the rest wait in a bounded FIFO. Turns of one conversation never overtake each other: a
-waiting request whose conversation is already generating is skipped until that one finishes, while other
-conversations go ahead. A request still waiting at its deadline is dropped with a message for the user.
+Requests from many conversations run at once up to a capacity fixed when the engine is assembled (the backend's
+`parallel`, or less if the transport asks for less); the rest wait in a bounded FIFO. Turns of one conversation never overtake each other: a
+waiting request whose conversation is still being answered (generating, or delivering its reply) is skipped
+until that one is done, while other conversations go ahead. A request still waiting at its deadline is dropped
+with a message for the user.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from dataclasses import dataclass, field
 
 from charbot.errors import BusyError
 
-# A batching backend that does not say how many sequences it takes (a remote server) gets this many at once.
-DEFAULT_BATCH_CAPACITY = 8
-_UNSET = object()
 
 
 class QueueFull(BusyError):
@@ -32,13 +30,6 @@ class DeadlineExceeded(BusyError):
     user_message = "Sorry, too many conversations at once and yours waited too long. Please send it again."
 
 
-def backend_capacity(backend) -> int:
-    """How many generations the backend serves at once: its batch slots, or 1."""
-    if not backend.capabilities.batching:
-        return 1
-    return max(1, int(getattr(backend, "parallel", None) or DEFAULT_BATCH_CAPACITY))
-
-
 @dataclass(eq=False)
 class _Waiter:
     key: str | None
@@ -46,15 +37,35 @@ class _Waiter:
     since: float = field(default_factory=time.monotonic)
 
 
-class Scheduler:
-    """`capacity` generations at once, `max_queue` waiting, each for at most `timeout` seconds (None: no limit)."""
+class Held:
+    """A slot being used: `generated()` hands the generation capacity on (the reply is being delivered) while
+    the conversation's later turns still wait."""
 
-    def __init__(self, capacity: int = 1, max_queue: int = 64, timeout: float | None = None, clock=time.monotonic):
+    def __init__(self, scheduler: Scheduler, key: str | None):
+        self._scheduler = scheduler
+        self._key = key
+        self._generating = True
+
+    def generated(self) -> None:
+        if self._generating:
+            self._generating = False
+            self._scheduler._free_capacity()
+
+    def _release(self) -> None:
+        self.generated()
+        self._scheduler._free_key(self._key)
+
+
+class Scheduler:
+    """`capacity` generations at once, `max_queue` waiting (None: no limit), each for at most `timeout` seconds
+    (None: no limit). Fixed once built."""
+
+    def __init__(self, capacity: int = 1, max_queue: int | None = None, timeout: float | None = None, clock=time.monotonic):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
-        self.max_queue = max_queue
-        self.timeout = timeout
+        self._capacity = capacity
+        self._max_queue = max_queue
+        self._timeout = timeout
         self._clock = clock
         self._waiting: deque[_Waiter] = deque()
         self._running_keys: dict[str | None, int] = {}
@@ -63,14 +74,17 @@ class Scheduler:
         self.rejected = 0
         self.expired = 0
 
-    def configure(self, *, capacity: int | None = None, max_queue: int | None = None, timeout=_UNSET) -> None:
-        if capacity is not None:
-            self.capacity = max(1, capacity)
-        if max_queue is not None:
-            self.max_queue = max_queue
-        if timeout is not _UNSET:
-            self.timeout = timeout
-        self._dispatch()
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def max_queue(self) -> int | None:
+        return self._max_queue
+
+    @property
+    def timeout(self) -> float | None:
+        return self._timeout
 
     @property
     def waiting(self) -> int:
@@ -93,9 +107,12 @@ class Scheduler:
         if key is not None:
             self._running_keys[key] = self._running_keys.get(key, 0) + 1
 
-    def _finish(self, key: str | None) -> None:
+    def _free_capacity(self) -> None:
         self.inflight -= 1
         self.served += 1
+        self._dispatch()
+
+    def _free_key(self, key: str | None) -> None:
         if key is not None:
             left = self._running_keys.pop(key) - 1
             if left:
@@ -124,7 +141,7 @@ class Scheduler:
                 blocked.add(waiter.key)
 
     @contextlib.asynccontextmanager
-    async def slot(self, key: str | None = None, *, deadline: float | None = None) -> AsyncIterator[None]:
+    async def slot(self, key: str | None = None, *, deadline: float | None = None) -> AsyncIterator[Held]:
         """Hold one generation slot. `key` (a conversation id) keeps that conversation's requests in order.
 
         Raises QueueFull at once when the waiting line is full, DeadlineExceeded when `deadline` (a
@@ -136,7 +153,7 @@ class Scheduler:
         if self._can_start(key) and not same_key_waiting:
             self._start(key)
         else:
-            if len(self._waiting) >= self.max_queue:
+            if self.max_queue is not None and len(self._waiting) >= self.max_queue:
                 self.rejected += 1
                 raise QueueFull(
                     f"{self.inflight} generations running and {len(self._waiting)} waiting",
@@ -163,11 +180,13 @@ class Scheduler:
                     f"waited {self._clock() - waiter.since:.1f}s for a generation slot ({self.inflight} running)",
                     "raise queue_timeout or parallel, or lower the load",
                 ) from None
+        held = Held(self, key)
         try:
-            yield
+            yield held
         finally:
-            self._finish(key)
+            held._release()
 
     def _finish_unused(self, key: str | None) -> None:
         self.served -= 1  # it never ran
-        self._finish(key)
+        self._free_capacity()
+        self._free_key(key)

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from charbot.config import load_settings
-from charbot.discord.bot import CharBot
+from charbot.discord.bot import CharBot, discord_engine
 from charbot.discord.runner import serve
-from charbot.factory import build_engine
 
 from .server import FakeDiscord
 
@@ -22,7 +21,7 @@ async def running_bot(fake: FakeDiscord, backend, db_path: Path, *, message_cont
         "discord_api_url": fake.api_url, "discord_gateway_url": fake.gateway_url, "db_path": db_path,
         "health_host": "127.0.0.1", "health_port": 0, "discord_cooldown_seconds": 0, **overrides,
     })
-    engine = build_engine(settings, backend=backend)
+    engine = discord_engine(settings, backend=backend)
     bot = CharBot(engine, settings, message_content=message_content, guild_ready_timeout=0.05, identify_delay=0)
     bot.health_port = None
 

@@ -155,6 +155,10 @@ class FakeDiscord:
                 {"Via": "1.1 google", "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
                  "X-RateLimit-Reset-After": str(retry_after), "X-RateLimit-Bucket": "fakebucket", "X-RateLimit-Scope": "user"},
             )
+        refusal = self.state.take_refusal(request.method, path)
+        if refusal is not None:
+            call.status, code, message = refusal
+            return _json({"message": message, "code": code}, call.status)
         try:
             response = await handler(request)
         except web.HTTPNotFound:

@@ -50,6 +50,7 @@ class FakeState:
         self.dm_channels: dict[int, dict] = {}
         self.interactions: dict[str, dict] = {}  # token -> interaction payload
         self.rate_limits: list[list] = []  # [method, path_prefix, remaining_count, retry_after]
+        self.refusals: list[list] = []  # [method, path_prefix, remaining_count, (status, code, message)]
 
     # --- ids and objects -------------------------------------------------------------------------
     def snowflake(self) -> int:
@@ -122,9 +123,21 @@ class FakeState:
         """The next `times` matching requests get a 429 with `retry_after` seconds."""
         self.rate_limits.append([method, path_prefix, times, retry_after])
 
+    def refuse(self, method: str, path_prefix: str, *, status: int = 403, code: int = 50013,
+               message: str = "Missing Permissions", times: int = 1) -> None:
+        """The next `times` matching requests fail with Discord's JSON error (default: 403 Missing Permissions)."""
+        self.refusals.append([method, path_prefix, times, (status, code, message)])
+
     def take_rate_limit(self, method: str, path: str) -> float | None:
-        for entry in self.rate_limits:
-            if entry[0] == method and path.startswith(entry[1]) and entry[2] > 0:
-                entry[2] -= 1
-                return entry[3]
-        return None
+        return _take(self.rate_limits, method, path)
+
+    def take_refusal(self, method: str, path: str) -> tuple[int, int, str] | None:
+        return _take(self.refusals, method, path)
+
+
+def _take(entries: list[list], method: str, path: str):
+    for entry in entries:
+        if entry[0] == method and path.startswith(entry[1]) and entry[2] > 0:
+            entry[2] -= 1
+            return entry[3]
+    return None

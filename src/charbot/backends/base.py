@@ -1,13 +1,21 @@
-"""The one protocol every backend speaks. Generation never blocks the event loop."""
+"""The one protocol every backend speaks. Generation never blocks the event loop.
+
+A backend is one class: `from_settings` builds it (so adding one touches its own file and one registry line in
+`backends/__init__.py`), `load` readies it, `complete`/`stream` generate, `status` and `parallel` tell the
+health page and the scheduler what they need.
+"""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from charbot.generation import GenerationSettings
+
+if TYPE_CHECKING:
+    from charbot.config import Settings
 
 PromptFormat = Literal["chat", "dialogpt"]
 
@@ -41,26 +49,36 @@ class Completion:
     finish_reason: str = "stop"
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    chat: bool = True  # takes chat messages and applies a template
-    raw_text: bool = True  # takes a raw text prompt
-    streaming: bool = False
-    batching: bool = False  # serves several sequences at once
-    exact_tokens: bool = False  # count_tokens uses the model's own tokenizer
-
-
 class Backend(abc.ABC):
-    """A model behind `complete`/`stream`. Subclasses set `name` and `capabilities` and fill the hooks."""
+    """A model behind `complete`/`stream`. Subclasses set `name` and fill the abstract methods."""
 
     name: ClassVar[str]
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    # Generations served at once when the settings do not say (`parallel` empty).
+    default_parallel: ClassVar[int] = 1
 
     model_id: str = ""
     context_window: int = 2048
     eos_token: str | None = None
     default_prompt_format: PromptFormat = "chat"
     ready: bool = False
+    # How many generations it serves at once; the scheduler admits no more than this.
+    parallel: int = 1
+
+    @classmethod
+    @abc.abstractmethod
+    def from_settings(cls, settings: Settings) -> Backend:
+        """The backend the settings describe; a ConfigError says what is missing."""
+
+    _status: str | None = None
+
+    @property
+    def status(self) -> str:
+        """One line for the health page (never a secret): what a backend set, else ready or loading."""
+        return self._status or ("ready" if self.ready else "loading")
+
+    @status.setter
+    def status(self, value: str) -> None:
+        self._status = value
 
     async def load(self) -> None:
         """Load weights (off the event loop) and warm up. Sets `ready`."""

@@ -1,152 +1,267 @@
-"""llama.cpp through llama-cpp-python: GGUF models on CPU, the default backend."""
+"""llama.cpp: GGUF models on CPU, the default backend, with continuous batching.
+
+One worker thread owns the model (llamacpp_model.py). Each step it decodes one batch made of (a) the next token
+of every sequence that is generating and (b) prompt tokens of newly admitted sequences, up to `n_batch`, so a
+long prompt never stalls the others for more than a step. `parallel` sequences run at once (1 by default: one
+conversation at a time, as the tutorial served). A prompt that shares its start with the previous one (the
+persona's system prompt and the conversation so far, in practice) copies those KV cells instead of reading them
+again, and a burst of prompts for one persona reads the shared part once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import os
 import random
-import threading
-from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from charbot.backends._threads import iterate_in_thread
-from charbot.backends.base import Backend, Capabilities, Completion, Prompt
-from charbot.errors import BackendError, ModelError
-from charbot.generation import GenerationSettings, NoRepeatNGram
-from charbot.models import check_gguf
+from charbot.backends.base import Completion, Prompt
+from charbot.backends.llamacpp_model import LlamaModel
+from charbot.backends.worker import ModelWorker, Request, WorkerBackend
+from charbot.chat_template import ChatTemplate
+from charbot.generation import NoRepeatNGram
+from charbot.models import check_gguf, embedded_model_path
+from charbot.rendering import prompt_text
+
+MIN_SHARED = 16  # tokens a prompt must share with one being read before it waits to copy them
 
 
-class NoRepeatNGramProcessor:
-    """llama-cpp-python logits processor for `no_repeat_ngram_size` over the generated tokens."""
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    req: Request
+    sampler: object
+    prompt: list[int]
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    pos: int = 0  # positions of this sequence already in the KV cache
+    # (leader, n): this prompt's first n tokens are the leader's too; wait for the leader to decode them, then copy
+    follow: tuple[_Slot, int] | None = None
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
+    text: str = ""
+    generated: int = 0
+    next_token: int | None = None
+    ngrams: NoRepeatNGram = field(init=False)
 
-    def __init__(self, n: int):
-        self.ngrams = NoRepeatNGram(n)
-        self.prompt_len: int | None = None
+    def __post_init__(self) -> None:
+        self.ngrams = NoRepeatNGram(self.req.settings.no_repeat_ngram_size)
 
-    def __call__(self, input_ids, scores):
-        if self.prompt_len is None:
-            self.prompt_len = len(input_ids)
+    @property
+    def reading(self) -> bool:
+        return self.follow is not None or bool(self.pending)
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return min(n, len(a) - 1)  # the last prompt token must be decoded for its logits
+
+
+class LlamaWorker(ModelWorker):
+    def __init__(self, model: LlamaModel, *, parallel: int, n_ctx_per_seq: int):
+        super().__init__("llama.cpp")
+        self.m = model
+        self.parallel = parallel
+        self.n_ctx_per_seq = n_ctx_per_seq
+        self.prefix_seq = parallel  # an extra sequence holding the last prompt, for prefix reuse
+        self.prefix_tokens: list[int] = []
+        self._new_prefix: tuple[int, list[int]] | None = None
+        self.slots: dict[int, _Slot] = {}
+        self.most_sequences = 0  # the most sequences one decode step has carried (batching observed)
+
+    def running(self) -> int:
+        return len(self.slots)
+
+    def admit(self) -> None:
+        while self.waiting and len(self.slots) < self.parallel:
+            req = self.waiting.popleft()
+            if not req.cancelled.is_set():
+                self._admit(req)
+
+    def _admit(self, req: Request) -> None:
+        seq = next(s for s in range(self.parallel) if s not in self.slots)
+        self.m.clear(seq)
+        s = req.settings
+        tokens = req.tokens[-(self.n_ctx_per_seq - s.max_new_tokens - 1) :]
+        seed = s.seed if s.seed is not None else random.getrandbits(31)
+        slot = _Slot(seq, req, self.m.sampler(s, seed), tokens)
+        # A burst of requests for one persona shares its system prompt: decode it once (in the first one's
+        # sequence) and copy the cells, rather than once per request.
+        leader, shared = self._leader_for(tokens)
+        if leader is not None and shared >= _common(tokens, self.prefix_tokens) + MIN_SHARED:
+            slot.follow = (leader, shared)
         else:
-            for token in input_ids[self.prompt_len + len(self.ngrams.tokens) :]:
-                self.ngrams.push(int(token))
-        banned = self.ngrams.banned()
+            self._start_from_cache(slot)
+        self.slots[seq] = slot
+        self._new_prefix = (seq, tokens)  # the next prompt will most likely share this one's start
+
+    def _leader_for(self, tokens: list[int]) -> tuple[_Slot | None, int]:
+        """The sequence still reading a prompt that shares the longest prefix with `tokens`."""
+        best, shared = None, 0
+        for slot in self.slots.values():
+            if slot.follow is None and slot.pending:
+                n = _common(tokens, slot.prompt)
+                if n > shared:
+                    best, shared = slot, n
+        return best, shared
+
+    def _start_from_cache(self, slot: _Slot) -> None:
+        common = _common(slot.prompt, self.prefix_tokens)
+        if common > 0:
+            self.m.copy(self.prefix_seq, slot.seq, common)
+        slot.pos = common
+        slot.pending = slot.prompt[common:]
+
+    def _catch_up(self, slot: _Slot) -> None:
+        leader, shared = slot.follow
+        if self.slots.get(leader.seq) is not leader:  # the leader went away (cancelled): read the prompt alone
+            slot.follow = None
+            self._start_from_cache(slot)
+        elif leader.pos >= shared:
+            self.m.copy(leader.seq, slot.seq, shared)
+            slot.follow = None
+            slot.pos = shared
+            slot.pending = slot.prompt[shared:]
+
+    def step(self) -> None:
+        for slot in list(self.slots.values()):
+            if slot.req.cancelled.is_set():
+                self._finish(slot, "cancelled")
+            elif slot.follow is not None:
+                self._catch_up(slot)
+        n, rows = self._fill_batch()
+        if n == 0:
+            return
+        self.most_sequences = max(self.most_sequences, len(self.slots))
+        self.m.decode(n)
+        self._remember_prefix()
+        for index, slot in rows:
+            self._sample(index, slot)
+
+    def _fill_batch(self) -> tuple[int, list[tuple[int, _Slot]]]:
+        """Put one token of every generating sequence, then prompt tokens, into the batch: (tokens in the batch,
+        the rows whose logits will be sampled)."""
+        n, rows = 0, []
+        for slot in self.slots.values():
+            if slot.next_token is not None and n < self.m.n_batch:
+                self.m.put(n, slot.next_token, slot.pos, slot.seq, True)
+                rows.append((n, slot))
+                slot.pos += 1
+                n += 1
+        for slot in self.slots.values():
+            take = min(len(slot.pending), self.m.n_batch - n)
+            for i, token in enumerate(slot.pending[:take]):
+                last = i == len(slot.pending) - 1
+                self.m.put(n, token, slot.pos, slot.seq, last)
+                if last:
+                    rows.append((n, slot))
+                slot.pos += 1
+                n += 1
+            del slot.pending[:take]
+        return n, rows
+
+    def _remember_prefix(self) -> None:
+        if self._new_prefix is None:
+            return
+        seq, tokens = self._new_prefix
+        slot = self.slots.get(seq)
+        if slot is not None and not slot.reading:
+            self.m.copy(seq, self.prefix_seq, len(tokens))
+            self.prefix_tokens = tokens
+            self._new_prefix = None
+
+    def _sample(self, index: int, slot: _Slot) -> None:
+        s = slot.req.settings
+        banned = slot.ngrams.banned() | (self.m.eog_tokens if s.ignore_eos else frozenset())
         if banned:
-            scores[list(banned)] = -float("inf")
-        return scores
+            self.m.ban(index, banned)
+        token = self.m.sample(slot.sampler, index)
+        if self.m.is_eog(token):
+            return self._finish(slot, "stop")
+        slot.ngrams.push(token)
+        slot.generated += 1
+        piece = slot.decoder.decode(self.m.piece(token))
+        before = len(slot.text)
+        slot.text += piece
+        for stop in s.stop:
+            at = slot.text.find(stop, max(0, before - len(stop)))
+            if stop and at != -1:
+                if at > before:
+                    slot.req.emit(slot.text[before:at])
+                slot.text = slot.text[:at]
+                return self._finish(slot, "stop")
+        if piece:
+            slot.req.emit(piece)
+        if slot.generated >= s.max_new_tokens or slot.pos >= self.n_ctx_per_seq - 1:
+            return self._finish(slot, "length")
+        slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        self._release(slot)  # first, so a caller woken by the result already sees the slot free
+        slot.req.emit(Completion(slot.text, slot.generated, len(slot.req.tokens), reason))
+
+    def _release(self, slot: _Slot) -> None:
+        self.m.free_sampler(slot.sampler)
+        self.m.clear(slot.seq)
+        self.slots.pop(slot.seq, None)
+
+    def drop_running(self, error: BaseException) -> None:
+        for slot in list(self.slots.values()):
+            self._release(slot)
+            slot.req.emit(error)
+
+    def free(self) -> None:
+        self.m.free()
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(WorkerBackend):
     name = "llamacpp"
-    capabilities = Capabilities(chat=True, raw_text=True, streaming=True, batching=False, exact_tokens=True)
 
-    def __init__(self, model_path: str | Path, *, context_window: int = 2048, threads: int | None = None, seed: int | None = None):
+    def __init__(self, model_path: str | Path, *, context_window: int = 2048, threads: int | None = None, parallel: int = 1):
         self.model_path = check_gguf(Path(model_path).expanduser())
         self.model_id = self.model_path.name
         self.context_window = context_window
         self.threads = threads or os.cpu_count() or 1
-        self.seed = seed
-        self._llm = None
-        self._formatter = None
-        self._lock = threading.Lock()  # one llama.cpp context: one generation at a time
+        self.parallel = parallel
+        self.template: ChatTemplate | None = None
+        self._model: LlamaModel | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> LlamaCppBackend:
+        return cls(settings.model or embedded_model_path(), context_window=settings.context_window, threads=settings.threads,
+                   parallel=settings.parallel or cls.default_parallel)
 
     async def load(self) -> None:
-        if self._llm is None:
-            self._llm = await asyncio.to_thread(self._load)
+        if self.worker is None:
+            self.worker = await asyncio.to_thread(self._load)
+            self.worker.start()
         self.ready = True
 
-    def _load(self):
-        from llama_cpp import Llama  # imported here so `charbot --help` stays fast
-
-        try:
-            llm = Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.context_window,
-                n_threads=self.threads,
-                n_threads_batch=self.threads,
-                seed=self.seed if self.seed is not None else 0xFFFFFFFF,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(
-                f"llama.cpp could not load {self.model_path} ({exc})", "the file may be truncated or corrupt: re-download or re-export it"
-            ) from None
-        self.eos_token = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "ignore") or None
-        template = llm.metadata.get("tokenizer.chat_template")
-        if template:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            # Rendered here rather than by create_chat_completion, so a reply can continue from `reply_prefix`.
-            bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "ignore") if llm.token_bos() >= 0 else ""
-            self._formatter = Jinja2ChatFormatter(template, eos_token=self.eos_token or "", bos_token=bos)
+    def _load(self) -> LlamaWorker:
+        # parallel sequences plus one that keeps the last prompt for prefix reuse
+        model = LlamaModel(self.model_path, n_seq=self.parallel + 1, n_ctx_per_seq=self.context_window, threads=self.threads)
+        self._model = model
+        self.eos_token = model.eos_text
+        if model.chat_template:
+            self.template = ChatTemplate(model.chat_template, bos_token=model.bos_text or "", eos_token=model.eos_text or "")
         else:
             self.default_prompt_format = "dialogpt"
-        return llm
-
-    @property
-    def llm(self):
-        if self._llm is None:
-            raise BackendError("the llama.cpp model is not loaded yet", "call load() first")
-        return self._llm
+        return LlamaWorker(model, parallel=self.parallel, n_ctx_per_seq=self.context_window)
 
     def count_tokens(self, text: str) -> int:
-        if self._llm is None:
+        if self._model is None:
             return super().count_tokens(text)
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        return len(self._model.tokenize(text))
 
-    def _kwargs(self, settings: GenerationSettings) -> dict:
-        kw = dict(
-            max_tokens=settings.max_new_tokens,
-            temperature=settings.temperature if settings.do_sample else 0.0,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            repeat_penalty=settings.repetition_penalty,
-            stop=list(settings.stop) or None,
-        )
-        # llama-cpp-python reuses one fixed seed unless told otherwise: every "Hello" would get the same reply.
-        kw["seed"] = settings.seed if settings.seed is not None else random.getrandbits(31)
-        if settings.no_repeat_ngram_size > 0:
-            from llama_cpp import LogitsProcessorList
-
-            kw["logits_processor"] = LogitsProcessorList([NoRepeatNGramProcessor(settings.no_repeat_ngram_size)])
-        return kw
-
-    def _input(self, prompt: Prompt) -> str | list[int]:
-        if not prompt.is_chat:
-            return prompt.text or ""
-        if self._formatter is None:  # chat messages for a model without a template: plain "Name: text" lines
-            return "\n".join(m.content for m in prompt.messages) + "\n"
-        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-        text = self._formatter(messages=messages).prompt + prompt.reply_prefix
-        # as create_chat_completion does: the template writes any BOS itself
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-
-    def _call(self, prompt: Prompt, settings: GenerationSettings, stream: bool):
-        return self.llm.create_completion(prompt=self._input(prompt), stream=stream, **self._kwargs(settings))
-
-    def _complete_sync(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
-        with self._lock:
-            out = self._call(prompt, settings, stream=False)
-        choice = out["choices"][0]
-        text = choice["text"]
-        usage = out.get("usage", {})
-        return Completion(text or "", usage.get("completion_tokens", 0), usage.get("prompt_tokens", 0), choice.get("finish_reason") or "stop")
-
-    async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
-        return await asyncio.to_thread(self._complete_sync, prompt, settings)
-
-    async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str]:
-        def pieces():
-            for chunk in self._call(prompt, settings, stream=True):
-                choice = chunk["choices"][0]
-                text = choice.get("text")
-                if text:
-                    yield text
-
-        async for piece in iterate_in_thread(pieces, self._lock):
-            yield piece
+    def prompt_tokens(self, prompt: Prompt) -> list[int]:
+        # A chat template writes any BOS itself; raw text gets the one the model asks for.
+        add_bos = self._model.add_bos and (not prompt.is_chat or self.template is None)
+        return self._model.tokenize(prompt_text(prompt, self.template), add_special=add_bos)
 
     async def aclose(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            await asyncio.to_thread(llm.close)
-        self.ready = False
+        await super().aclose()
+        self._model = None

@@ -27,7 +27,8 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_base, wait_exponential_jitter
 
-from charbot.backends.base import Backend, Capabilities, Completion, Message, Prompt
+from charbot.backends.base import Backend, Completion, Message, Prompt
+from charbot.config import secret
 from charbot.errors import BackendError, BackendUnavailable, CharbotError, ConfigError
 from charbot.generation import GenerationSettings
 
@@ -166,7 +167,7 @@ class _ServerWait(wait_base):
 
 class RemoteBackend(Backend):
     name = "remote"
-    capabilities = Capabilities(chat=True, raw_text=True, streaming=True, batching=True, exact_tokens=False)
+    default_parallel = 8
 
     def __init__(
         self,
@@ -182,7 +183,9 @@ class RemoteBackend(Backend):
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
         prompt_format: str = "auto",
+        parallel: int = 8,
     ):
+        self.parallel = parallel
         self.base_url = base_url.rstrip("/") if base_url else None
         self.provider = provider
         self.token = token
@@ -212,27 +215,29 @@ class RemoteBackend(Backend):
 
     @classmethod
     def from_settings(cls, settings) -> RemoteBackend:
-        if settings.base_url:
-            token = settings.secret("api_key_env")
-            token_env = settings.api_key_env
+        r = settings.remote
+        if r.base_url:
+            token = secret(r.api_key_env)
+            token_env = r.api_key_env
         else:
-            token = settings.secret("hf_token_env", "HUGGINGFACE_TOKEN")
-            token_env = settings.hf_token_env
+            token = secret(r.hf_token_env, "HUGGINGFACE_TOKEN")
+            token_env = r.hf_token_env
             if token is None:
                 raise ConfigError(
                     f"the remote backend without a base URL uses Hugging Face Inference Providers and needs a token, but {token_env} is not set",
                     f"export {token_env}=hf_... (a token with 'Inference Providers' permission), or pass --base-url for your own server",
                 )
         return cls(
-            base_url=settings.base_url,
+            base_url=r.base_url,
             model=settings.model,
-            provider=settings.provider,
+            provider=r.provider,
             token=token,
             token_env=token_env,
-            timeout=settings.remote_timeout,
-            max_retries=settings.remote_max_retries,
+            timeout=r.timeout,
+            max_retries=r.max_retries,
             context_window=settings.context_window,
             prompt_format=settings.prompt_format,
+            parallel=settings.parallel or cls.default_parallel,
         )
 
     # --- clients -------------------------------------------------------------------------------------

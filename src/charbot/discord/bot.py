@@ -22,10 +22,16 @@ from charbot.discord.metrics import Metrics
 from charbot.discord.policy import Rules
 from charbot.discord.replying import no_pings
 from charbot.engine import Engine
-from charbot.errors import BackendUnavailable, ConfigError
+from charbot.factory import build_engine
+from charbot.errors import BackendUnavailable
 from charbot.retention import RetentionTask
 
 log = logging.getLogger(__name__)
+
+
+def discord_engine(settings: Settings, **parts) -> Engine:
+    """The engine for the bot: its scheduler bounded by the Discord load settings, once, at assembly."""
+    return build_engine(settings, max_inflight=settings.discord.max_inflight, max_queue=settings.discord.max_queue, **parts)
 
 
 class CharBot(commands.AutoShardedBot):
@@ -41,8 +47,7 @@ class CharBot(commands.AutoShardedBot):
         identify_delay: float = 5.0,
         sync_commands: bool = True,
     ):
-        if settings.discord_shard_ids and settings.discord_shard_count is None:
-            raise ConfigError("discord_shard_ids is set without discord_shard_count", "set CHARBOT_DISCORD_SHARD_COUNT too")
+        d = settings.discord
         intents = discord.Intents.default()
         # Privileged: without it Discord blanks guild message text unless the bot is mentioned.
         intents.message_content = message_content
@@ -50,24 +55,23 @@ class CharBot(commands.AutoShardedBot):
             command_prefix=commands.when_mentioned,
             help_command=None,
             intents=intents,
-            allowed_mentions=no_pings(settings.discord_ping_author),
-            shard_count=settings.discord_shard_count,
-            shard_ids=settings.discord_shard_ids,
+            allowed_mentions=no_pings(d.ping_author),
+            shard_count=d.shard_count,
+            shard_ids=d.shard_ids,
             guild_ready_timeout=guild_ready_timeout,
             chunk_guilds_at_startup=False,
             max_messages=1000,
         )
         self.engine = engine
         self.settings = settings
-        self.rules = Rules.from_settings(settings)
-        self.cooldown = Cooldown(settings.discord_cooldown_seconds)
-        # The engine's scheduler is the one queue in front of the model: Discord sets its bounds.
+        self.rules = Rules.from_settings(d)
+        self.cooldown = Cooldown(d.cooldown_seconds)
+        # The engine's scheduler is the one queue in front of the model (bounded by discord_max_inflight and
+        # discord_max_queue when the engine was built: see `discord_engine`).
         self.gate = engine.scheduler
-        self.gate.configure(capacity=settings.discord_max_inflight, max_queue=settings.discord_max_queue)
-        self.retention = RetentionTask(
-            engine.store, retention_days=settings.retention_days, max_messages=settings.max_messages_per_conversation,
-            interval=settings.prune_interval,
-        )
+        m = settings.memory
+        self.retention = RetentionTask(engine.store, retention_days=m.retention_days, max_messages=m.max_messages_per_conversation,
+                                       interval=m.prune_interval)
         self.metrics = Metrics()
         self.metrics.queue_depth.set_function(lambda: self.gate.depth)
         self.metrics.gateway_latency.set_function(lambda: self.latency if math.isfinite(self.latency) else 0.0)
@@ -80,7 +84,7 @@ class CharBot(commands.AutoShardedBot):
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def login(self, token: str) -> None:
-        self._gateway = endpoints.apply(self.settings.discord_api_url, self.settings.discord_gateway_url)
+        self._gateway = endpoints.apply(self.settings.discord.api_url, self.settings.discord.gateway_url)
         await super().login(token)
 
     async def setup_hook(self) -> None:
@@ -117,7 +121,7 @@ class CharBot(commands.AutoShardedBot):
             return
 
     def command_hash_path(self) -> Path:
-        return self.settings.resolved_db_path().parent / f"discord-commands-{self.application_id}.sha256"
+        return self.settings.memory.resolved_db_path().parent / f"discord-commands-{self.application_id}.sha256"
 
     async def launch_shards(self) -> None:
         if self._gateway is None:
@@ -165,7 +169,7 @@ class CharBot(commands.AutoShardedBot):
             "ready": connected and backend_ready,
             "gateway_connected": connected,
             "backend_ready": backend_ready,
-            "backend_status": getattr(self.engine.backend, "status", "ready" if backend_ready else "loading"),
+            "backend_status": self.engine.backend.status,
             "memory": self.engine.memory_status,
             "latency_seconds": round(latency, 4) if math.isfinite(latency) else None,
             "queue_depth": self.gate.depth,

@@ -39,14 +39,12 @@ class Rules:
     blocked_guilds: frozenset[int] = frozenset()
 
     @classmethod
-    def from_settings(cls, settings) -> "Rules":
-        def ids(name: str) -> frozenset[int]:
-            return frozenset(getattr(settings, f"discord_{name}"))
-
+    def from_settings(cls, d) -> "Rules":
+        """From the `discord` settings group."""
         return cls(
-            ids("chat_channels"), settings.discord_allow_dms,
-            ids("allowed_users"), ids("blocked_users"), ids("allowed_roles"), ids("blocked_roles"),
-            ids("allowed_channels"), ids("blocked_channels"), ids("allowed_guilds"), ids("blocked_guilds"),
+            frozenset(d.chat_channels), d.allow_dms,
+            frozenset(d.allowed_users), frozenset(d.blocked_users), frozenset(d.allowed_roles), frozenset(d.blocked_roles),
+            frozenset(d.allowed_channels), frozenset(d.blocked_channels), frozenset(d.allowed_guilds), frozenset(d.blocked_guilds),
         )
 
 

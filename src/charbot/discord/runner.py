@@ -10,7 +10,7 @@ import signal
 import aiohttp
 import discord
 
-from charbot.config import Settings
+from charbot.config import Settings, secret
 from charbot.discord.bot import CharBot
 from charbot.discord.health import HealthServer
 from charbot.errors import CharbotError, ConfigError
@@ -21,23 +21,25 @@ PORTAL = "https://discord.com/developers/applications"
 
 
 def bot_token(settings: Settings) -> str:
-    secret = settings.secret("discord_token_env")
-    if secret is None:
+    env = settings.discord.token_env
+    token = secret(env)
+    if token is None:
         raise ConfigError(
-            f"no Discord bot token: the environment variable {settings.discord_token_env} is not set",
-            f"copy the token from {PORTAL} → your application → Bot → Reset Token and export {settings.discord_token_env}=…",
+            f"no Discord bot token: the environment variable {env} is not set",
+            f"copy the token from {PORTAL} → your application → Bot → Reset Token and export {env}=…",
         )
-    return secret.get_secret_value().strip()
+    return token.get_secret_value().strip()
 
 
 async def serve(bot: CharBot, token: str, *, health: bool = True, on_health_port=None) -> None:
     """Start the health server (it answers 503 while the model loads), then the bot, until closed."""
-    server = HealthServer(bot.status, bot.metrics, host=bot.settings.health_host, port=bot.settings.health_port) if health else None
+    h = bot.settings.health
+    server = HealthServer(bot.status, bot.metrics, host=h.host, port=h.port) if health else None
     loop = asyncio.get_running_loop()
     try:
         if server is not None:
             port = await server.start()
-            log.warning("health page on http://%s:%d/ (/healthz, /metrics)", bot.settings.health_host, port)
+            log.warning("health page on http://%s:%d/ (/healthz, /metrics)", h.host, port)
             if on_health_port is not None:
                 on_health_port(port)
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -52,11 +54,11 @@ async def serve(bot: CharBot, token: str, *, health: bool = True, on_health_port
         ) from None
     except discord.LoginFailure:
         raise ConfigError(
-            f"Discord rejected the bot token in {bot.settings.discord_token_env}",
+            f"Discord rejected the bot token in {bot.settings.discord.token_env}",
             f"copy a fresh one from {PORTAL} → your application → Bot → Reset Token",
         ) from None
     except (discord.GatewayNotFound, aiohttp.ClientConnectionError, discord.ConnectionClosed, OSError) as exc:
-        where = bot.settings.discord_api_url or "discord.com"
+        where = bot.settings.discord.api_url or "discord.com"
         raise CharbotError(
             f"cannot stay connected to Discord ({where}): {type(exc).__name__}: {exc}",
             "check the network, or CHARBOT_DISCORD_API_URL / CHARBOT_DISCORD_GATEWAY_URL when using a proxy",

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import math
 
-from charbot.train.data import IGNORE, Example, render_spans
+from charbot.dataset import IGNORE, Example, encode
+from charbot.rendering import Renderer
 
 
-def reply_labels(tokenizer, messages: list[dict], fmt: str, speaker: str | None = None) -> tuple[list[int], list[int]]:
-    """Token ids with labels on the final (held-out) reply only (with `speaker`, its "Name:" is context)."""
-    text, spans = render_spans(tokenizer, messages, fmt, speaker)
-    start, end = spans[-1]
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [t if start <= a < end else IGNORE for t, (a, _b) in zip(enc["input_ids"], enc["offset_mapping"])]
-    return list(enc["input_ids"]), labels
-
-
-def response_perplexity(model, tokenizer, examples: list[Example], fmt: str, *, persona: bool = True, named: bool = False, max_length: int = 512) -> float:
+def response_perplexity(model, tokenizer, renderer: Renderer, examples: list[Example], *, persona: bool = True, named: bool = False,
+                        max_length: int = 512) -> float:
     import torch
 
     total_nll, total_tokens = 0.0, 0
     model.eval()
     for ex in examples:
         msgs = [m for m in ex.messages if persona or m["role"] != "system"]
-        ids, labels = reply_labels(tokenizer, msgs, fmt, ex.speaker if named else None)
+        # labels on the held-out reply only; with `named`, its "Name:" is context, as serving writes it
+        ids, labels = encode(tokenizer, renderer, msgs, last_only=True, speaker=ex.speaker if named else None)
         ids, labels = ids[-max_length:], labels[-max_length:]
         with torch.inference_mode():
             logits = model(torch.tensor([ids])).logits[0, :-1].float()

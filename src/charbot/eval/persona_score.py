@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from charbot.train.data import Example
+from charbot.dataset import Example
 
 
 def load_encoder():

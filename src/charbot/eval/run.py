@@ -11,8 +11,9 @@ from charbot.errors import ConfigError
 from charbot.eval import metrics
 from charbot.eval.perplexity import response_perplexity
 from charbot.eval.persona_score import PersonaClassifier, split_lines
+from charbot.dataset import load_prepared
 from charbot.generation import GenerationSettings, clean_reply
-from charbot.train.data import load_prepared, resolve_format
+from charbot.rendering import Renderer
 
 
 @dataclass
@@ -47,7 +48,7 @@ def load(ref: str | None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from charbot.train.base_model import resolve_base
+    from charbot.models import resolve_base
 
     path = resolve_base(ref)
     tok = AutoTokenizer.from_pretrained(path)
@@ -62,20 +63,12 @@ def trained_named(path) -> bool:
     return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("name_replies"))
 
 
-def generate(model, tok, fmt: str, messages: list[dict], settings: GenerationSettings, character: str, user_names: tuple[str, ...],
+def generate(model, tok, renderer: Renderer, messages: list[dict], settings: GenerationSettings, character: str, user_names: tuple[str, ...],
              named: bool = False, seed: int = 0, samples: int = 1) -> list[str]:
+    """Replies to an example's context, rendered exactly as serving would send it (names and reply prefix too)."""
     import torch
 
-    from charbot.train.data import named_replies, render_spans
-
-    context = messages[:-1]
-    if fmt == "chat":
-        if named:  # earlier replies named as in training, and this one begun with the name (as Discord does)
-            context = named_replies(context, character)
-        text = tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True) + (f"{character}:" if named else "")
-    else:
-        text, _ = render_spans(tok, context + [{"role": "assistant", "content": ""}], fmt)
-        text = text[: -len(tok.eos_token)]
+    text = renderer.prompt(messages, character if named else None)
     ids = tok(text, return_tensors="pt", add_special_tokens=False)
     torch.manual_seed(seed)
     with torch.inference_mode():
@@ -104,16 +97,16 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
         if cand.ref not in loaded:
             loaded = {cand.ref: load(cand.ref)}  # one model in memory at a time
         model, tok, path = loaded[cand.ref]
-        fmt = resolve_format(tok, "auto")
-        named = (trained_named(path) if cand.named is None else cand.named) and fmt == "chat"
+        renderer = Renderer.for_tokenizer(tok)
+        named = (trained_named(path) if cand.named is None else cand.named) and renderer.fmt == "chat"
         examples = held_out
-        ppl = response_perplexity(model, tok, examples, fmt, persona=cand.persona, named=named)
+        ppl = response_perplexity(model, tok, renderer, examples, persona=cand.persona, named=named)
         replies = []
         for i, ex in enumerate(examples):
             msgs = [m for m in ex.messages if cand.persona or m["role"] != "system"]
             # every model gets the same seed for the same context, and each context its own: one seed for all
             # would give every reply the same random draws and make the replies of one model alike
-            replies.append(generate(model, tok, fmt, msgs, settings, character, names, named, seed=seed + i, samples=samples))
+            replies.append(generate(model, tok, renderer, msgs, settings, character, names, named, seed=seed + i, samples=samples))
             if progress:
                 progress(cand.label, i + 1, len(examples))
         rows.append(Row.scored(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, replies, judge))

@@ -15,9 +15,11 @@ from pathlib import Path
 from charbot.errors import ConfigError, ModelError
 from charbot.persona import load_card
 from charbot.train import outputs
-from charbot.train.base_model import resolve_base
 from charbot.train.config import TrainConfig
-from charbot.train.data import build_dataset, load_prepared, resolve_format
+from charbot.dataset import load_prepared
+from charbot.models import resolve_base
+from charbot.rendering import Renderer
+from charbot.train.data import build_dataset
 from charbot.train.progress import CountingCollator, RichProgress, TokenRate
 
 FINAL_FILES = ("README.md", "metrics.json", "loss.png", "persona.json", "training_config.json")
@@ -159,9 +161,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     phases = training_phases(cfg, train_ex, character)
     base = resolve_base(cfg.base_model)
     model, tokenizer = load_base(base)
-    fmt = resolve_format(tokenizer, cfg.prompt_format)
+    renderer = Renderer.for_tokenizer(tokenizer, cfg.prompt_format)
     # validation scores each held-out line once, as `charbot eval` does, whatever the training loss covers
-    val_ds = build_dataset(tokenizer, val_ex, fmt, cfg.max_length, cfg.no_system, last_only=True, name_replies=cfg.name_replies) if val_ex else None
+    val_ds = build_dataset(tokenizer, renderer, val_ex, cfg.max_length, cfg.no_system, last_only=True, name_replies=cfg.name_replies) if val_ex else None
 
     # 2. what gets trained
     prepare_for_training(model)
@@ -172,12 +174,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     counter = CountingCollator(make_collator(tokenizer, cfg.batching, cfg.max_length))
     rate = TokenRate(counter)  # shared: useful tokens/s over every phase
     metrics: dict = {"train_examples": len(train_ex), "val_examples": len(val_ds) if val_ds is not None else 0,
-                     "prompt_format": fmt, "base_model": cfg.base_model or "HuggingFaceTB/SmolLM2-135M-Instruct"}
+                     "prompt_format": renderer.fmt, "base_model": cfg.base_model or "HuggingFaceTB/SmolLM2-135M-Instruct"}
     history: list[dict] = []
     steps, runtime, loss_sum = 0, 0.0, 0.0
     phased = len(phases) > 1
     for name, examples, epochs in phases:
-        train_ds = build_dataset(tokenizer, examples, fmt, cfg.max_length, cfg.no_system, last_only=cfg.loss_on == "last", name_replies=cfg.name_replies)
+        train_ds = build_dataset(tokenizer, renderer, examples, cfg.max_length, cfg.no_system, last_only=cfg.loss_on == "last", name_replies=cfg.name_replies)
         checkpoints = out / "checkpoints" / (name if phased else "")
         callbacks = [rate] + ([RichProgress(rate, name if phased else "train")] if cfg.progress else [])
         trainer = Trainer(

@@ -78,18 +78,23 @@ class ChatCog(commands.Cog):
         started = time.perf_counter()
         deadline = bot.gate.deadline()  # counted from arrival, typing indicator included
         conversation = conversation_id(message.channel.id)
-        streamed = StreamedReply(message, ping_author=bot.settings.discord_ping_author) if bot.settings.discord_stream else None
+        ping = bot.settings.discord.ping_author
+        streamed = StreamedReply(message, ping_author=ping) if bot.settings.discord.stream else None
+
+        async def deliver(reply) -> None:
+            # The engine remembers the exchange only once this returns: a reply Discord refused is forgotten.
+            if streamed is not None:
+                await streamed.finish(reply.text)
+            else:
+                await send_reply(message, reply.text, ping_author=ping)
+
         try:
             # The engine's scheduler queues it (bounded, with a deadline) and keeps this channel's turns in order.
             async with message.channel.typing():
                 reply = await bot.engine.reply(
                     conversation, text, speaker=message.author.display_name,
-                    on_update=streamed.update if streamed else None, deadline=deadline,
+                    on_update=streamed.update if streamed else None, deliver=deliver, deadline=deadline,
                 )
-            if streamed is not None:
-                await streamed.finish(reply.text)
-            else:
-                await send_reply(message, reply.text, ping_author=bot.settings.discord_ping_author)
         except BusyError as exc:
             bot.metrics.busy.labels("deadline" if isinstance(exc, DeadlineExceeded) else "queue").inc()
             log.info("busy: %s", exc)

@@ -1,0 +1,166 @@
+"""A model in this process, owned by one worker thread.
+
+The event loop never touches the model: `generate` queues a request and awaits what the thread hands back
+(text pieces, then one Completion). Each local backend fills three hooks of `ModelWorker` — `admit` (move
+waiting requests into work, under the lock), `step` (advance the work: one decode step, or one whole batch) and
+`running` — and gets queueing, cancellation, shutdown and error delivery from here. `WorkerBackend` builds
+`complete` and `stream` from that one generator.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from charbot.backends.base import Backend, Completion, Prompt
+from charbot.errors import BackendError
+from charbot.generation import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation handed to the worker thread: prompt tokens in, pieces and a Completion out."""
+
+    tokens: list[int]
+    settings: GenerationSettings
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, item: str | Completion | BaseException) -> None:
+        """Called from the worker thread: hands `item` to the waiting coroutine."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class ModelWorker(abc.ABC):
+    def __init__(self, name: str):
+        self.name = name
+        self.waiting: deque[Request] = deque()
+        self.cond = threading.Condition()
+        self.closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # --- the hooks a backend fills (called on the worker thread) -------------------------------------
+    @abc.abstractmethod
+    def running(self) -> int:
+        """Requests being generated now."""
+
+    @abc.abstractmethod
+    def admit(self) -> None:
+        """Move requests from `waiting` into work. Called with `cond` held."""
+
+    @abc.abstractmethod
+    def step(self) -> None:
+        """Advance the admitted requests; emit pieces and finish those that are done."""
+
+    @abc.abstractmethod
+    def drop_running(self, error: BaseException) -> None:
+        """Release every running request, handing each `error`."""
+
+    def free(self) -> None:
+        """Release the model; called on the worker thread after the last step."""
+
+    # --- the event loop's side -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def active(self) -> int:
+        with self.cond:
+            return len(self.waiting) + self.running()
+
+    async def generate(self, tokens: list[int], settings: GenerationSettings) -> AsyncIterator[str | Completion]:
+        """Pieces of text as they are generated, then the Completion. A consumer that stops early cancels the
+        request: the worker frees its place at its next step."""
+        req = Request(tokens, settings, asyncio.get_running_loop(), asyncio.Queue())
+        with self.cond:
+            if self.closed:
+                raise BackendError(f"the {self.name} model is closed")
+            self.waiting.append(req)
+            self.cond.notify()
+        try:
+            while True:
+                item = await req.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Completion):
+                    return
+        finally:
+            req.cancelled.set()
+
+    def close(self, timeout: float = 60.0) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # --- the worker thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while self._next():
+                try:
+                    self.step()
+                except Exception as exc:  # a failed step fails the requests in it, not the worker
+                    log.warning("%s step failed: %s", self.name, exc)
+                    self.drop_running(BackendError(f"{self.name} generation failed: {exc}"))
+        finally:
+            self.free()
+
+    def _next(self) -> bool:
+        """Wait for work; admit it. False once closed."""
+        with self.cond:
+            while not self.closed and not self.waiting and not self.running():
+                self.cond.wait()
+            if self.closed:
+                self.drop_running(BackendError(f"the {self.name} model was closed"))
+                while self.waiting:
+                    self.waiting.popleft().emit(BackendError(f"the {self.name} model was closed"))
+                return False
+            self.admit()
+            return True
+
+
+class WorkerBackend(Backend):
+    """A backend whose model lives in a ModelWorker: `prompt_tokens` renders and tokenizes, the worker generates."""
+
+    worker: ModelWorker | None = None
+
+    @abc.abstractmethod
+    def prompt_tokens(self, prompt: Prompt) -> list[int]: ...
+
+    async def _generate(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Completion]:
+        if self.worker is None:
+            raise BackendError(f"the {self.name} model is not loaded yet", "call load() first")
+        async for item in self.worker.generate(self.prompt_tokens(prompt), settings):
+            yield item
+
+    async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
+        async for item in self._generate(prompt, settings):
+            if isinstance(item, Completion):
+                return item
+        raise BackendError(f"the {self.name} model ended without a completion")
+
+    async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str]:
+        async for item in self._generate(prompt, settings):
+            if isinstance(item, str):
+                yield item
+
+    @property
+    def active(self) -> int:
+        """Requests waiting for or in generation (0 when idle)."""
+        return self.worker.active if self.worker is not None else 0
+
+    async def aclose(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            await asyncio.to_thread(worker.close)
+        self.ready = False
