@@ -4,7 +4,6 @@ batched llama.cpp backend under concurrency."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -26,13 +25,14 @@ async def test_message_that_waits_past_its_deadline_is_dropped_and_the_user_told
     guild, (a, b, *_), user = world
     backend = ScriptedBackend(["Slow and steady."])
     async with running_bot(fake, backend, isolated_env / "m.db", discord_max_inflight=1, queue_timeout=0.2) as bot:
-        backend.delay = 1.0
+        backend.release = asyncio.Event()  # the first generation lasts until the second has given up
         mention = dict(guild=guild, mentions=[fake.state.bot_user])
         await fake.say(a, user, f"<@{bot.user.id}> first", **mention)
         await fake.wait_for(lambda: bot.gate.inflight == 1)
         await fake.say(b, fake.state.user("ines"), f"<@{bot.user.id}> second", **mention)
         [told] = await fake.wait_for_calls("POST", f"/channels/{b['id']}/messages")
         assert told.json["content"] == DeadlineExceeded.user_message
+        backend.release.set()
         [done] = await fake.wait_for_calls("POST", f"/channels/{a['id']}/messages")
         assert done.json["content"] == "Slow and steady."
         assert bot.metrics.busy.labels("deadline")._value.get() == 1
@@ -40,19 +40,39 @@ async def test_message_that_waits_past_its_deadline_is_dropped_and_the_user_told
         assert bot.engine.store.count_messages(f"discord:{b['id']}") == 0
 
 
+class CountsOverlap:
+    """Backend mixin: `running` generations inside the backend now (queued in it or decoding), `peak` the most."""
+
+    running = peak = 0
+
+    async def complete(self, prompt, settings):
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            return await super().complete(prompt, settings)
+        finally:
+            self.running -= 1
+
+
+class CountedScripted(CountsOverlap, ScriptedBackend):
+    pass
+
+
 async def test_channels_are_answered_concurrently_up_to_capacity(fake, world, isolated_env):
     guild, channels, user = world
-    backend = ScriptedBackend(["Aye."])
+    backend = CountedScripted(["Aye."])
     async with running_bot(fake, backend, isolated_env / "m.db", discord_max_inflight=4) as bot:
-        backend.delay = 0.5
+        backend.release = asyncio.Event()
         mention = dict(guild=guild, mentions=[fake.state.bot_user])
-        start = time.monotonic()
         for ch in channels:
             await fake.say(ch, user, f"<@{bot.user.id}> hello", **mention)
+        # All four in the model at once: one after another, the second would not start before the release.
+        await fake.wait_for(lambda: backend.running == 4 and bot.gate.inflight == 4)
+        assert [fake.state.calls_to("POST", f"/channels/{ch['id']}/messages") for ch in channels] == [[]] * 4
+        backend.release.set()
         for ch in channels:
-            await fake.wait_for_calls("POST", f"/channels/{ch['id']}/messages")
-        # four half-second generations one after another would take 2 s
-        assert time.monotonic() - start < 1.5
+            [post] = await fake.wait_for_calls("POST", f"/channels/{ch['id']}/messages")
+            assert post.json["content"] == "Aye."
         assert bot.status()["capacity"] == 4
 
 
@@ -95,8 +115,10 @@ async def test_real_batched_model_serves_channels_together_in_order(fake, world,
 
     guild, (a, b, *_), user = world
     channels = [a, b]
-    backend = LlamaCppBatchedBackend(embedded_model_path(), context_window=1024, parallel=4, threads=1)
-    peak = 0
+    class Counted(CountsOverlap, LlamaCppBatchedBackend):
+        pass
+
+    backend = Counted(embedded_model_path(), context_window=1024, parallel=4, threads=1)
 
     async with running_bot(fake, backend, isolated_env / "m.db", max_new_tokens=8, parallel=4) as bot:
         assert bot.gate.capacity == 4
@@ -104,13 +126,9 @@ async def test_real_batched_model_serves_channels_together_in_order(fake, world,
         for turn in range(2):
             for ch in channels:
                 await fake.say(ch, user, f"<@{bot.user.id}> question {turn} for {ch['name']}", **mention)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            peak = max(peak, backend.active)
-            if all(len(fake.state.calls_to("POST", f"/channels/{ch['id']}/messages")) == 2 for ch in channels):
-                break
-            await asyncio.sleep(0.01)
-        assert peak > 1
+        for ch in channels:
+            await fake.wait_for_calls("POST", f"/channels/{ch['id']}/messages", 2, timeout=180)
+        assert backend.peak > 1
         for ch in channels:
             users = [t.content for t in bot.engine.store.history(f"discord:{ch['id']}") if t.role == "user"]
             assert users == [f"question {n} for {ch['name']}" for n in range(2)]
