@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
+from cli_process import DiscordCli, discord_env  # noqa: E402
 from fakediscord import FakeDiscord, FakeState  # noqa: E402
 
 TOKEN = "coldstart-token-0123456789"
@@ -30,37 +26,10 @@ TOKEN = "coldstart-token-0123456789"
 async def one_start(tmp: Path, extra_env: dict[str, str]) -> tuple[float, float]:
     async with FakeDiscord(FakeState(token=TOKEN)) as fake:
         fake.state.add_guild()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHARBOT_")}
-        env.update(
-            DISCORD_TOKEN=TOKEN, CHARBOT_DISCORD_API_URL=fake.api_url, CHARBOT_DISCORD_GATEWAY_URL=fake.gateway_url,
-            CHARBOT_DB_PATH=str(tmp / "memory.db"), CHARBOT_HEALTH_HOST="127.0.0.1", XDG_DATA_HOME=str(tmp / "xdg"),
-        )
-        env.update(extra_env)
-        spawned = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "charbot", "discord", "--health-port", "0", env=env, cwd=tmp,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            port = None
-            while port is None:
-                line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
-                if not line:
-                    raise SystemExit("charbot discord exited early")
-                if m := re.search(r"health page on http://[\d.]+:(\d+)/", line):
-                    port = int(m.group(1))
-            health_up = time.perf_counter()
-            async with aiohttp.ClientSession() as http:
-                while True:
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
-                        if r.status == 200:
-                            break
-                    await asyncio.sleep(0.02)
+        async with DiscordCli(env=discord_env(fake, tmp, TOKEN, **extra_env), cwd=tmp) as bot:
+            await bot.wait_ready(poll=0.02)
             ready = time.perf_counter()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.communicate(), 30)
-    return health_up - spawned, ready - spawned
+    return bot.health_page_at - bot.started_at, ready - bot.started_at
 
 
 async def main() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from charbot.backends.base import Backend, Completion, Prompt
+from charbot.backends.remote import RemoteBackend
 from charbot.errors import BackendError
 from charbot.factory import sample_card_path
 from charbot.generation import GenerationSettings
@@ -20,8 +21,9 @@ class ScriptedBackend(Backend):
     """Replies come from `replies` in order (the last repeats), or from `respond(prompt)` when given.
 
     Every prompt is kept in `prompts`, so tests can assert on exactly what the model was shown.
-    `fail_next` makes the next N calls raise BackendError; `delay` makes generation take that long.
-    `parallel` is how many generations it says it serves at once; `peak` is the most that overlapped.
+    `fail_next` makes the next N calls raise BackendError; `delay` makes generation take that long; a `release`
+    event makes every generation wait until it is set. `parallel` is how many generations it says it serves
+    at once; `peak` is the most that overlapped.
     """
 
     name = "scripted"
@@ -38,6 +40,7 @@ class ScriptedBackend(Backend):
         self.settings: list[GenerationSettings] = []
         self.fail_next = 0
         self.calls = 0
+        self.release: asyncio.Event | None = None
         self.parallel = parallel
         self.running = 0
         self.peak = 0
@@ -64,6 +67,8 @@ class ScriptedBackend(Backend):
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
+            if self.release is not None:
+                await self.release.wait()
             if self.delay:
                 await asyncio.sleep(self.delay)
             text = self._next(prompt)
@@ -73,11 +78,27 @@ class ScriptedBackend(Backend):
 
     async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str]:
         self.settings.append(settings)
+        if self.release is not None:
+            await self.release.wait()
         text = self._next(prompt)
         for word in text.split(" "):
             if self.delay:
                 await asyncio.sleep(self.delay / 10)
             yield word + " "
+
+
+class RemoteWithHistory(RemoteBackend):
+    """The remote backend keeping every status it takes, with `ready` at that moment: what a health page
+    polling it could have seen, without the test having to poll in time."""
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name == "status":
+            self.__dict__.setdefault("statuses", []).append((self.__dict__.get("ready", False), value))
+
+    def waits(self) -> list[str]:
+        """The statuses that announced a wait before a retry."""
+        return [status for _, status in self.statuses if status.startswith("waiting")]
 
 
 @pytest.fixture

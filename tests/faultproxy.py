@@ -11,20 +11,28 @@ It forwards every request to `upstream` unchanged (streaming bodies included) un
     proxy.inject(..., times=3)                                           # the next 3 requests get the fault
 
 It runs its own event loop in a thread, so tests on any loop (or none: subprocesses) can use it.
-`requests` records (method, path, fault kind or None, headers, body) for every request seen.
+`requests` records (method, path, fault kind or None, headers, body) for every request seen, when it came,
+and how it ended: answered (or ended by its fault), or left by a client that stopped waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 
+from loopback import HOST, Loopback, listen
+
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host"}
+
+
+class _ClientLeft(Exception):
+    pass
 
 
 @dataclass
@@ -40,6 +48,9 @@ class Seen:
     fault: str | None
     headers: dict[str, str]
     body: bytes = b""
+    at: float = field(default_factory=time.monotonic)  # when it came in
+    outcome: str | None = None  # "answered", or "client left" when the client hung up first; None while open
+    lasted: float | None = None  # seconds from `at` to `outcome`
 
     def json(self) -> Any:
         import json
@@ -47,8 +58,8 @@ class Seen:
         return json.loads(self.body)
 
 
-class FaultProxy:
-    def __init__(self, upstream: str, host: str = "127.0.0.1"):
+class FaultProxy(Loopback):
+    def __init__(self, upstream: str, host: str = HOST):
         self.upstream = upstream.rstrip("/")
         self.host = host
         self.port = 0
@@ -61,14 +72,6 @@ class FaultProxy:
         self._session: ClientSession | None = None
 
     # --- control (any thread) ------------------------------------------------------------------------
-    @property
-    def root(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.root}/v1"
-
     def inject(self, kind: str, *, times: int = 1, **params: Any) -> None:
         with self._lock:
             for _ in range(times):
@@ -83,6 +86,18 @@ class FaultProxy:
     def pending(self) -> int:
         with self._lock:
             return len(self._faults)
+
+    async def wait_ended(self, timeout: float = 10.0) -> list[Seen]:
+        """Until every request seen so far has an outcome; the requests."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                seen = list(self.requests)
+            if all(r.outcome is not None for r in seen):
+                return seen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"requests still open after {timeout:g}s: {[(r.path, r.fault) for r in seen if r.outcome is None]}")
+            await asyncio.sleep(0.02)
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
@@ -125,11 +140,7 @@ class FaultProxy:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a "slow" fault stops when the client gives up, so shutdown never waits on it.
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await listen(app, self.host, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
 
     async def _stop(self) -> None:
         if self._runner is not None:
@@ -141,8 +152,21 @@ class FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         fault = self._next_fault()
         body = await request.read()
+        seen = Seen(request.method, request.path, fault.kind if fault else None, dict(request.headers), body)
         with self._lock:
-            self.requests.append(Seen(request.method, request.path, fault.kind if fault else None, dict(request.headers), body))
+            self.requests.append(seen)
+        outcome = "client left"
+        try:
+            response = await self._serve(request, body, fault)
+            outcome = "answered"
+            return response
+        except _ClientLeft:
+            return web.Response()  # nobody to send it to
+        finally:  # also when aiohttp cancels the handler because the client hung up
+            seen.lasted = time.monotonic() - seen.at
+            seen.outcome = outcome
+
+    async def _serve(self, request: web.Request, body: bytes, fault: Fault | None) -> web.StreamResponse:
         if fault is None:
             return await self._forward(request, body)
         p = fault.params
@@ -180,8 +204,8 @@ class FaultProxy:
     async def _forward(self, request: web.Request, body: bytes, drop_after: int | None = None) -> web.StreamResponse:
         try:
             return await self._relay(request, body, drop_after)
-        except ConnectionResetError:  # the client gave up (e.g. its timeout): nothing to answer
-            return web.Response()
+        except ConnectionResetError:  # the client gave up (e.g. its timeout)
+            raise _ClientLeft from None
 
     async def _relay(self, request: web.Request, body: bytes, drop_after: int | None) -> web.StreamResponse:
         async with self._upstream_request(request, body) as upstream:

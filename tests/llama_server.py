@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,14 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from loopback import HOST, Loopback, free_port
+
 SERVER_EXTRA = ("fastapi", "uvicorn", "sse_starlette", "starlette_context")
 START_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def missing_server_deps() -> list[str]:
@@ -36,18 +31,10 @@ def missing_server_deps() -> list[str]:
 
 
 @dataclass
-class LlamaServer:
+class LlamaServer(Loopback):
     process: subprocess.Popen
     port: int
     log_path: Path
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.root}/v1"
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -71,9 +58,8 @@ def _wait_until_up(server: LlamaServer, timeout: float) -> None:
     raise RuntimeError(f"llama_cpp.server did not answer within {timeout:.0f}s:\n{server.log_tail()}")
 
 
-@contextlib.contextmanager
-def running_server(model_path: Path | None = None, *, n_ctx: int = 2048, threads: int = 1) -> Iterator[LlamaServer]:
-    """Start the server, wait until /v1/models answers, stop it on exit (terminate, then kill).
+def spawn(port: int | None = None, model_path: Path | None = None, *, n_ctx: int = 2048, threads: int = 1) -> LlamaServer:
+    """Start the server process without waiting for it; its output goes to a temporary log file.
 
     One thread by default: llama.cpp's worker threads spin on a barrier, and on a shared, busy CPU two of
     them made a 20-token reply 3-10x slower than one.
@@ -82,25 +68,29 @@ def running_server(model_path: Path | None = None, *, n_ctx: int = 2048, threads
         from charbot.models import embedded_model_path
 
         model_path = embedded_model_path()
-    port = free_port()
-    log_file = tempfile.NamedTemporaryFile(prefix="llama_server_", suffix=".log", delete=False)
+    port = port or free_port()
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
+        "--model", str(model_path), "--host", HOST, "--port", str(port),
         "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
     ]
-    process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    server = LlamaServer(process, port, Path(log_file.name))
+    with tempfile.NamedTemporaryFile(prefix="llama_server_", suffix=".log", delete=False) as log_file:
+        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return LlamaServer(process, port, Path(log_file.name))
+
+
+@contextlib.contextmanager
+def running_server(model_path: Path | None = None, *, n_ctx: int = 2048, threads: int = 1) -> Iterator[LlamaServer]:
+    """Start the server, wait until /v1/models answers, stop it on exit (terminate, then kill)."""
+    server = spawn(model_path=model_path, n_ctx=n_ctx, threads=threads)
     try:
         _wait_until_up(server, START_TIMEOUT)
         yield server
     finally:
-        process.terminate()
+        server.process.terminate()
         try:
-            process.wait(timeout=10)
+            server.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log_file.close()
-        with contextlib.suppress(OSError):
-            os.unlink(log_file.name)
+            server.process.kill()
+            server.process.wait()
+        server.log_path.unlink(missing_ok=True)

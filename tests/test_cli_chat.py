@@ -21,13 +21,15 @@ def run_chat(args, stdin, env_dir, extra_env=None, timeout=120):
 
 @pytest.mark.model
 def test_piped_chat_replies_in_character_and_remembers(tmp_path):
-    out = run_chat(["--max-new-tokens", "32"], "Hello\nWho are you?\n", tmp_path)
+    # What the engine says when the model produced nothing usable: a reply equal to it was not generated.
+    fallback = "FALLBACK-REPLY-SENTINEL-3c9a"
+    out = run_chat(["--max-new-tokens", "32"], "Hello\nWho are you?\n", tmp_path, {"CHARBOT_FALLBACK_REPLY": fallback})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2
     for line in lines:
         name, _, reply = line.partition(": ")
-        assert name == "Orla" and reply.strip()
+        assert name == "Orla" and reply.strip() != fallback and len(reply.split()) >= 3, line  # generated words
 
     # a second process continues the same conversation
     again = run_chat(["--max-new-tokens", "16"], "And the weather?\n", tmp_path)

@@ -3,8 +3,6 @@ ScriptedBackend as the model."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from conftest import ScriptedBackend
@@ -22,6 +20,10 @@ def world(fake):
 
 def _replies(fake, channel):
     return [c for c in fake.state.calls_to("POST", f"/channels/{channel['id']}/messages")]
+
+
+def _ignored(bot, reason: str) -> float:
+    return bot.metrics.ignored.labels(reason)._value.get()
 
 
 async def test_mention_gets_typing_then_a_reply(fake, world, isolated_env):
@@ -49,10 +51,11 @@ async def test_unmentioned_guild_messages_are_ignored_outside_chat_channels(fake
         await fake.say(chat, user, "what's the weather?", guild=guild)
         [post] = await fake.wait_for_calls("POST", f"/channels/{chat['id']}/messages")
         assert post.json["content"] == "Fog on the water."
-        await asyncio.sleep(0.2)
+        # Counted as ignored only once the bot has decided, for good, not to answer it.
+        await fake.wait_for(lambda: _ignored(bot, "not addressed") >= 1)
         assert _replies(fake, general) == []
         assert backend.calls == warm + 1
-        assert bot.metrics.ignored.labels("not addressed")._value.get() == 1
+        assert _ignored(bot, "not addressed") == 1
 
 
 async def test_dm_is_answered_and_bots_never_are(fake, world, isolated_env):
@@ -60,14 +63,15 @@ async def test_dm_is_answered_and_bots_never_are(fake, world, isolated_env):
     other_bot = fake.state.user("gull", bot=True)
     dm = fake.state.dm_channel(user)
     backend = ScriptedBackend(["Keep your boots dry."])
-    async with running_bot(fake, backend, isolated_env / "m.db", discord_chat_channels=[int(chat["id"])]):
+    async with running_bot(fake, backend, isolated_env / "m.db", discord_chat_channels=[int(chat["id"])]) as bot:
         warm = backend.calls
         await fake.say(chat, other_bot, "beep", guild=guild)
         await fake.say(dm, user, "any advice?")
         [post] = await fake.wait_for_calls("POST", f"/channels/{dm['id']}/messages")
         assert post.json["content"] == "Keep your boots dry."
-        await asyncio.sleep(0.2)
+        await fake.wait_for(lambda: _ignored(bot, "author is a bot") >= 1)
         assert _replies(fake, chat) == [] and backend.calls == warm + 1
+        assert _ignored(bot, "author is a bot") == 1
 
 
 async def test_reply_to_the_bot_is_answered(fake, world, isolated_env):
@@ -90,8 +94,8 @@ async def test_long_reply_is_split_into_valid_messages_and_pings_nobody(fake, wo
     backend = ScriptedBackend([long_reply])
     async with running_bot(fake, backend, isolated_env / "m.db") as bot:
         await fake.say(general, user, f"<@{bot.user.id}> tell me everything", guild=guild, mentions=[fake.state.bot_user])
-        posts = await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages", 3)
-        await asyncio.sleep(0.3)
+        # The reply is counted once its last part is sent: no part can come after this.
+        await fake.wait_for(lambda: bot.metrics.replies.labels("message")._value.get() == 1)
         posts = _replies(fake, general)
         contents = [p.json["content"] for p in posts]
         assert len(posts) == 3 and all(0 < len(c) <= 2000 for c in contents)

@@ -104,7 +104,8 @@ async def test_without_the_intent_only_mentions_and_dms_carry_text(isolated_env)
         async with running_bot(fake, backend, isolated_env / "m.db", message_content=False, discord_chat_channels=[int(chat["id"])]) as bot:
             warm = backend.calls
             await fake.say(chat, user, "words the bot may not read", guild=guild)
-            await asyncio.sleep(0.2)
+            # Counted once the bot has decided, for good, that there is nothing to answer.
+            await fake.wait_for(lambda: bot.metrics.ignored.labels("no text")._value.get() >= 1)
             assert fake.state.calls_to("POST", "/messages") == [] and backend.calls == warm
             assert bot.metrics.ignored.labels("no text")._value.get() == 1
             await fake.say(chat, user, f"<@{bot.user.id}> but this one", guild=guild, mentions=[fake.state.bot_user])
@@ -146,12 +147,14 @@ async def test_queue_limit_turns_requests_away_with_a_busy_reply(fake, world, is
     guild, general, user = world
     backend = ScriptedBackend(["Done."])
     async with running_bot(fake, backend, isolated_env / "m.db", discord_max_inflight=1, discord_max_queue=0) as bot:
-        backend.delay = 1.0
+        backend.release = asyncio.Event()  # the first generation lasts until the second was turned away
         mention = dict(guild=guild, mentions=[fake.state.bot_user])
         other = fake.state.user("ines")
         await fake.say(general, user, f"<@{bot.user.id}> first", **mention)
         await fake.wait_for(lambda: bot.gate.inflight == 1)
         await fake.say(general, other, f"<@{bot.user.id}> second", **mention)
+        await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
+        backend.release.set()
         posts = await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages", 2)
         assert [p.json["content"] for p in posts] == [BusyError.user_message, "Done."]
 

@@ -6,30 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
 from charbot.errors import BackendUnavailable
 from fakediscord import FakeDiscord
 from fakediscord.harness import running_bot
-from llama_server import LlamaServer, _wait_until_up, free_port, missing_server_deps
+from llama_server import LlamaServer, _wait_until_up, missing_server_deps, spawn
+from loopback import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
-
-
-def spawn(port: int) -> LlamaServer:
-    from charbot.models import embedded_model_path
-
-    log = tempfile.NamedTemporaryFile(prefix="llama_server_", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"]
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return LlamaServer(process, port, Path(log.name))
 
 
 def kill(server: LlamaServer) -> None:
@@ -59,14 +45,14 @@ async def test_server_killed_and_restarted_gives_short_errors_then_replies_resum
                 assert first.json["content"] not in (BackendUnavailable.user_message, "")
 
                 kill(server)
-                outage = []
                 for n in range(2):
-                    asked = time.monotonic()
                     await fake.say(general, user, f"<@{bot.user.id}> are you there? ({n})", **mention)
                     posts = await fake.wait_for_calls("POST", path, 2 + n, timeout=30)
-                    outage.append(posts[-1].at - asked)
                     assert posts[-1].json["content"] == BackendUnavailable.user_message
-                assert max(outage) < 10  # a short error, not a long hang: retries with backoff, then give up
+                    # A short error, not a long hang: refused connections, retried, then given up on; a hang
+                    # would have ended at the 20 s timeout ("no reply ... within 20s") instead.
+                    status = bot.engine.backend.status
+                    assert "cannot reach" in status and "within" not in status, status
                 assert bot.metrics.errors.labels("backend")._value.get() == 2
 
                 server = spawn(port)  # same address: nothing in the bot is told about it

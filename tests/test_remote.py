@@ -4,7 +4,6 @@ failures that never reach a server (nothing listening)."""
 from __future__ import annotations
 
 import email.utils
-import time
 
 import httpx2
 import pytest
@@ -16,7 +15,8 @@ from charbot.backends.remote import DEFAULT_HF_MODEL, RemoteBackend, is_transien
 from charbot.config import load_settings
 from charbot.errors import BackendUnavailable, ConfigError
 from charbot.generation import GenerationSettings
-from llama_server import free_port
+from conftest import RemoteWithHistory
+from loopback import free_port
 
 
 def http_error(status: int, *, headers: dict | None = None, json: dict | None = None) -> HfHubHTTPError:
@@ -85,10 +85,12 @@ def test_base_url_selects_remote_and_api_key_env(no_tokens, monkeypatch):
     assert backend.ready is False and backend.status == "not started"
 
 
-def test_retry_after_seconds_and_http_date():
+def test_retry_after_seconds_and_http_date(monkeypatch):
     assert server_wait(http_error(429, headers={"Retry-After": "3"})) == 3.0
-    when = email.utils.formatdate(time.time() + 20, usegmt=True)
-    assert 15 <= server_wait(http_error(503, headers={"Retry-After": when})) <= 21
+    now = 1_700_000_000.0
+    monkeypatch.setattr("charbot.backends.remote.time.time", lambda: now)
+    when = email.utils.formatdate(now + 20, usegmt=True)
+    assert server_wait(http_error(503, headers={"Retry-After": when})) == 20.0
 
 
 def test_hf_estimated_time_is_a_wait_hint():
@@ -104,11 +106,12 @@ def test_which_failures_are_retried():
 
 
 async def test_nothing_listening_is_a_short_unavailable_error_within_the_timeout():
-    backend = RemoteBackend(base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", timeout=3, max_retries=2, backoff_initial=0.05, backoff_max=0.2)
-    started = time.monotonic()
+    backend = RemoteWithHistory(base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", timeout=3, max_retries=2, backoff_initial=0.05, backoff_max=0.2)
     with pytest.raises(BackendUnavailable) as info:
         await backend.complete(Prompt(messages=(Message("user", "Hello"),)), GenerationSettings(max_new_tokens=4))
-    assert time.monotonic() - started < 3.5
+    # Refused at once, so it ends after its retries with short backoffs, not at the 3s timeout.
+    waits = [float(status.rsplit(" in ", 1)[1].rstrip("s")) for status in backend.waits()]
+    assert len(waits) == 2 and all(w <= 0.2 for w in waits), backend.waits()
     assert "cannot reach" in str(info.value) and "connection refused" in str(info.value)
     assert info.value.user_message  # what a transport shows the chat user
     assert backend.ready is False and backend.status.startswith("unavailable: cannot reach")

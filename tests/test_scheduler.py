@@ -28,11 +28,23 @@ class CountingBackend(ScriptedBackend):
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
+            if self.release is not None:
+                await self.release.wait()
             await asyncio.sleep(self.delay if isinstance(self.delay, float) else self.delay())
             text = self._next(prompt)
             return Completion(text, len(text.split()))
         finally:
             self.running -= 1
+
+
+async def until(condition, turns: int = 1000) -> None:
+    """Lets the other tasks run until `condition()` holds; everything here is in this loop, so no timer
+    is involved: a condition that never holds fails after `turns` rounds."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"still not {condition} after {turns} rounds of the loop")
 
 
 def echo_last_user(prompt) -> str:
@@ -51,7 +63,7 @@ async def test_capacity_bounds_concurrency_and_queue_rejects_beyond():
             await release.wait()
 
     tasks = [asyncio.create_task(job(k)) for k in ("a", "b", "c")]
-    await asyncio.sleep(0.01)
+    await until(lambda: s.depth == 3)
     assert started == ["a", "b"] and (s.inflight, s.waiting, s.depth) == (2, 1, 3)
     with pytest.raises(QueueFull) as info:
         async with s.slot("d"):
@@ -106,11 +118,11 @@ async def test_a_conversation_waits_for_its_own_turn_but_not_for_others():
     a2 = asyncio.create_task(job("a", "a2"))
     await asyncio.sleep(0)
     b1 = asyncio.create_task(job("b", "b1"))
-    await asyncio.sleep(0.01)
-    assert log == ["start a1", "start b1"]  # b overtakes a2, which waits for a1 although a slot is free
+    await until(lambda: "start b1" in log)
+    assert s.waiting == 1 and log == ["start a1", "start b1"]  # b overtakes a2, which waits for a1 although a slot is free
     gates["b1"].set()
     gates["a1"].set()
-    await asyncio.sleep(0.01)
+    await until(lambda: "start a2" in log)
     assert log.index("start a2") > log.index("end a1")
     gates["a2"].set()
     await asyncio.gather(a1, a2, b1)
@@ -190,11 +202,13 @@ async def test_engine_serves_conversations_concurrently_and_each_in_order(store,
 
 
 async def test_engine_deadline_reaches_the_caller_as_a_busy_error(store, sample_card):
-    backend = CountingBackend(["Aye."], parallel=1, delay=0.3)
+    backend = CountingBackend(["Aye."], parallel=1)
+    backend.release = asyncio.Event()  # the first generation lasts until the second has given up
     engine = Engine(backend, store, sample_card, scheduler=Scheduler(1, max_queue=4, timeout=0.05))
     first = asyncio.create_task(engine.reply("a", "first"))
-    await asyncio.sleep(0.01)
+    await until(lambda: backend.running == 1)
     with pytest.raises(DeadlineExceeded):
         await engine.reply("b", "second")
+    backend.release.set()
     assert (await first).text == "Aye."
     assert store.count_messages("b") == 0  # nothing half-remembered

@@ -4,7 +4,6 @@ batched llama.cpp backend under concurrency."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -26,13 +25,14 @@ async def test_message_that_waits_past_its_deadline_is_dropped_and_the_user_told
     guild, (a, b, *_), user = world
     backend = ScriptedBackend(["Slow and steady."])
     async with running_bot(fake, backend, isolated_env / "m.db", discord_max_inflight=1, queue_timeout=0.2) as bot:
-        backend.delay = 1.0
+        backend.release = asyncio.Event()  # the first generation lasts until the second has given up
         mention = dict(guild=guild, mentions=[fake.state.bot_user])
         await fake.say(a, user, f"<@{bot.user.id}> first", **mention)
         await fake.wait_for(lambda: bot.gate.inflight == 1)
         await fake.say(b, fake.state.user("ines"), f"<@{bot.user.id}> second", **mention)
         [told] = await fake.wait_for_calls("POST", f"/channels/{b['id']}/messages")
         assert told.json["content"] == DeadlineExceeded.user_message
+        backend.release.set()
         [done] = await fake.wait_for_calls("POST", f"/channels/{a['id']}/messages")
         assert done.json["content"] == "Slow and steady."
         assert bot.metrics.busy.labels("deadline")._value.get() == 1
@@ -45,12 +45,17 @@ async def test_channels_are_answered_concurrently_up_to_capacity(fake, world, is
     backend = ScriptedBackend(["Aye."], parallel=8)
     async with running_bot(fake, backend, isolated_env / "m.db", discord_max_inflight=4) as bot:
         assert bot.status()["capacity"] == 4  # min(discord_max_inflight, what the backend serves at once)
-        backend.delay = 0.5
+        backend.release = asyncio.Event()
         mention = dict(guild=guild, mentions=[fake.state.bot_user])
         for ch in channels:
             await fake.say(ch, user, f"<@{bot.user.id}> hello", **mention)
+        # All four in the model at once: one after another, the second would not start before the release.
+        await fake.wait_for(lambda: backend.running == 4 and bot.gate.inflight == 4)
+        assert [fake.state.calls_to("POST", f"/channels/{ch['id']}/messages") for ch in channels] == [[]] * 4
+        backend.release.set()
         for ch in channels:
-            await fake.wait_for_calls("POST", f"/channels/{ch['id']}/messages")
+            [post] = await fake.wait_for_calls("POST", f"/channels/{ch['id']}/messages")
+            assert post.json["content"] == "Aye."
         assert backend.peak == 4  # all four channels were generating at once, never more
 
 
@@ -101,8 +106,8 @@ async def test_real_batched_model_serves_channels_together_in_order(fake, world,
         for turn in range(2):
             for ch in channels:
                 await fake.say(ch, user, f"<@{bot.user.id}> question {turn} for {ch['name']}", **mention)
-        await fake.wait_for(lambda: all(len(fake.state.calls_to("POST", f"/channels/{ch['id']}/messages")) == 2 for ch in channels),
-                            timeout=180)
+        for ch in channels:
+            await fake.wait_for_calls("POST", f"/channels/{ch['id']}/messages", 2, timeout=180)
         assert backend.worker.most_sequences > 1  # the two channels were decoded in one batch
         for ch in channels:
             users = [t.content for t in bot.engine.store.history(f"discord:{ch['id']}") if t.role == "user"]

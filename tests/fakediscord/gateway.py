@@ -65,6 +65,7 @@ class Gateway:
         self.sessions: dict[str, Session] = {}
         self.identifies = 0
         self.resumes = 0
+        self.resumes_done = 0  # RESUMED sent: the missed events went out before it, and before anything newer
         self.closes: list[int] = []  # close codes the fake sent
         self.ready = asyncio.Event()
         self.compressions: list[str | None] = []
@@ -195,4 +196,5 @@ class Gateway:
         for payload in missed:
             await self._send(ws, comp, payload)
         await self._dispatch_to(session, "RESUMED", {})
+        self.resumes_done += 1
         return session

@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from loopback import Loopback, listen
+
 from .gateway import Gateway
 from .state import APP_FLAG_MESSAGE_CONTENT, Call, FakeState
 
@@ -26,7 +28,7 @@ def _json(data: Any, status: int = 200, headers: dict | None = None) -> web.Resp
     return web.Response(status=status, body=json.dumps(data).encode(), headers={"Content-Type": "application/json", **(headers or {})})
 
 
-class FakeDiscord:
+class FakeDiscord(Loopback):
     def __init__(self, state: FakeState | None = None):
         self.state = state or FakeState()
         self.gateway = Gateway(self.state)
@@ -53,18 +55,14 @@ class FakeDiscord:
     # --- lifecycle -------------------------------------------------------------------------------
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{API}"
+        return self.root + API
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/gateway"
+        return f"ws://{self.host}:{self.port}/gateway"
 
     async def start(self) -> "FakeDiscord":
-        self._runner = web.AppRunner(self.app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await listen(self.app, self.host)
         self.gateway.url = self.gateway_url
         return self
 
