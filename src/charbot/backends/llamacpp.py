@@ -10,7 +10,6 @@ again, and a burst of prompts for one persona reads the shared part once.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import os
 import random
@@ -235,13 +234,7 @@ class LlamaCppBackend(WorkerBackend):
         return cls(settings.model or embedded_model_path(), context_window=settings.context_window, threads=settings.threads,
                    parallel=settings.parallel or cls.default_parallel)
 
-    async def load(self) -> None:
-        if self.worker is None:
-            self.worker = await asyncio.to_thread(self._load)
-            self.worker.start()
-        self.ready = True
-
-    def _load(self) -> LlamaWorker:
+    def open_model(self) -> LlamaWorker:
         # parallel sequences plus one that keeps the last prompt for prefix reuse
         model = LlamaModel(self.model_path, n_seq=self.parallel + 1, n_ctx_per_seq=self.context_window, threads=self.threads)
         self._model = model

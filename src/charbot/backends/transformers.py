@@ -6,7 +6,6 @@ turns joined by EOS, as the original tutorial did).
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from charbot.backends.base import Prompt
@@ -39,13 +38,7 @@ class TransformersBackend(WorkerBackend):
         return cls(settings.model, device=settings.device, context_window=settings.context_window, threads=settings.threads,
                    parallel=settings.parallel or cls.default_parallel)
 
-    async def load(self) -> None:
-        if self.worker is None:
-            self.worker = await asyncio.to_thread(self._load)
-            self.worker.start()
-        self.ready = True
-
-    def _load(self) -> TransformersWorker:
+    def open_model(self) -> TransformersWorker:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

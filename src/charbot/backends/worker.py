@@ -130,12 +130,23 @@ class ModelWorker(abc.ABC):
 
 
 class WorkerBackend(Backend):
-    """A backend whose model lives in a ModelWorker: `prompt_tokens` renders and tokenizes, the worker generates."""
+    """A backend whose model lives in a ModelWorker: `open_model` loads it, `prompt_tokens` renders and
+    tokenizes a prompt, the worker generates."""
 
     worker: ModelWorker | None = None
 
     @abc.abstractmethod
+    def open_model(self) -> ModelWorker:
+        """Load the weights (called off the event loop) and return the worker that will own them."""
+
+    @abc.abstractmethod
     def prompt_tokens(self, prompt: Prompt) -> list[int]: ...
+
+    async def load(self) -> None:
+        if self.worker is None:
+            self.worker = await asyncio.to_thread(self.open_model)
+            self.worker.start()
+        self.ready = True
 
     async def _generate(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Completion]:
         if self.worker is None:
