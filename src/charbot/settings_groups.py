@@ -1,0 +1,94 @@
+"""The groups of settings (memory, remote, discord, health; generation is `GenerationSettings`), each a frozen
+pydantic model. `config.Settings` holds one of each; every field also has a flat name (see config.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_data_dir
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def default_data_dir() -> Path:
+    return Path(user_data_dir("charbot", appauthor=False))
+
+
+def _http_url(value: str | None) -> str | None:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemorySettings(_Group):
+    db_path: Path | None = Field(None, description="SQLite memory file. Default: <user data dir>/memory.db.")
+    retention_days: float | None = Field(None, gt=0, description="Forget messages older than this many days (empty: keep everything).")
+    max_messages_per_conversation: int | None = Field(
+        None, ge=2, le=10_000_000, description="Keep only this many newest messages per conversation (empty: no cap)."
+    )
+    prune_interval: float = Field(3600.0, gt=0, le=7 * 86400, description="Seconds between retention sweeps while serving.")
+
+    def resolved_db_path(self) -> Path:
+        return self.db_path or default_data_dir() / "memory.db"
+
+
+class RemoteSettings(_Group):
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama), e.g. http://host:8000/v1."
+    )
+    provider: str | None = Field(None, description="Hugging Face Inference Provider (e.g. together), or 'auto'.")
+    timeout: float = Field(60.0, gt=0, le=3600, description="Seconds before a remote request gives up.", json_schema_extra={"flat": "remote_timeout"})
+    max_retries: int = Field(4, ge=0, le=20, description="Retries on 429/503/connection errors.", json_schema_extra={"flat": "remote_max_retries"})
+    hf_token_env: str = Field("HF_TOKEN", description="Env var holding the Hugging Face token.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Env var holding the key for an OpenAI-compatible server.")
+
+    _check_url = field_validator("base_url")(_http_url)
+
+
+class DiscordSettings(_Group):
+    token_env: str = Field("DISCORD_TOKEN", description="Env var holding the bot token.")
+    api_url: str | None = Field(None, description="REST base URL (a proxy, or a test server).")
+    gateway_url: str | None = Field(None, description="Gateway websocket URL (a proxy, or a test server).")
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: list[int] | None = None
+    chat_channels: list[int] = Field(default_factory=list, description="Channels where every message is answered.")
+    allow_dms: bool = True
+    allowed_users: list[int] = Field(default_factory=list)
+    blocked_users: list[int] = Field(default_factory=list)
+    allowed_roles: list[int] = Field(default_factory=list)
+    blocked_roles: list[int] = Field(default_factory=list)
+    allowed_channels: list[int] = Field(default_factory=list)
+    blocked_channels: list[int] = Field(default_factory=list)
+    allowed_guilds: list[int] = Field(default_factory=list)
+    blocked_guilds: list[int] = Field(default_factory=list)
+    cooldown_seconds: float = Field(2.0, ge=0)
+    max_inflight: int | None = Field(
+        None, ge=1, le=256, description="Generations running at once (empty: what the backend serves at once, its `parallel`)."
+    )
+    max_queue: int = Field(16, ge=0, le=10_000, description="Requests waiting beyond those; more get 'busy'.")
+    stream: bool = Field(False, description="Stream replies by editing the message (at most once a second).")
+    ping_author: bool = Field(False, description="Let the reply ping the author it replies to.")
+
+    _check_url = field_validator("api_url")(_http_url)
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _ws_url(cls, value: str | None) -> str | None:
+        # Checked here too, not only at login: a typo should fail before the model loads.
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @model_validator(mode="after")
+    def _shards(self) -> DiscordSettings:
+        if self.shard_ids and self.shard_count is None:
+            raise ValueError("shard_ids is set without shard_count (set CHARBOT_DISCORD_SHARD_COUNT too)")
+        return self
+
+
+class HealthSettings(_Group):
+    host: str = Field("0.0.0.0", description="Address of the health/metrics page.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the health/metrics page (0: pick a free one).")
