@@ -12,7 +12,8 @@ from charbot.factory import sample_script_path
 from charbot.persona import example_dialogues, load_card
 from charbot.prepare import ScriptError, prepare
 from charbot.prepare.clean import clean_line, normalize_speaker, parse_aliases
-from charbot.prepare.readers import iter_rows, open_script
+from charbot.prepare.detect import Dialect
+from charbot.prepare.readers import iter_rows, open_script, quote_left_open
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -164,6 +165,40 @@ def test_r_write_table_with_escaped_quote_crlf(tmp_path):
     assert [(r.speaker, r.text) for r in rows] == [("LUKE", "Hurry up!"), ("HAN", 'He said "no", kid.'), ("LUKE", "Fine.")]
     res = prepare(script, "luke", tmp_path / "o")
     assert res.report.examples == {"train": 1, "val": 0}  # one episode: everything trains
+
+
+def test_reading_rows_leaves_csv_field_limit_alone(tmp_path):
+    script = tmp_path / "s.csv"
+    script.write_text("name,line\nAnn,Hi.\nBo,Hey.\n")
+    limit = csv.field_size_limit()
+    rows = iter_rows(open_script(script))
+    next(rows)
+    assert csv.field_size_limit() == limit  # also while the generator is suspended
+    list(rows)
+    assert csv.field_size_limit() == limit
+
+
+COMMA = Dialect("utf-8", ",", None, True, False)
+R_TABLE = Dialect("utf-8", " ", "\\", False, False)
+
+
+@pytest.mark.parametrize(("dialect", "record", "left_open"), [
+    (COMMA, 'Pip,"never closed\nOrla,Aye.\n', True),
+    (COMMA, 'Pip,"a ""quoted"" word\nOrla,Aye.\n', True),
+    (COMMA, 'Pip,"spans\ntwo lines",x\nOrla,"open\n', False),  # only the record on the given line counts
+    (COMMA, 'Pip,say "hi\nOrla,Aye.\n', False),  # a quote inside an unquoted field is text
+    (COMMA, 'Pip,"closed"then text\nOrla,"open\n', False),  # csv rejects the text after the quote first
+    (COMMA, '"Pip","closed",x\n', False),
+    (R_TABLE, '"1" "Pip" "an \\" escaped quote\n', True),
+    (R_TABLE, '"1" "Pip" "ends with \\\\"\n', False),  # an escaped backslash, then the closing quote
+    (R_TABLE, '"1" "Pip" "an escaped \\\nnewline"\n', False),
+    (R_TABLE, '1 Pip escaped\\\n"is text mid-field\n', False),
+    (R_TABLE, '1 Pip escaped\\\n "opens the next field\n', True),
+])
+def test_quote_left_open_follows_csv_rules(tmp_path, dialect, record, left_open):
+    script = tmp_path / "s.csv"
+    script.write_text("header\n" + record, newline="")
+    assert quote_left_open(script, dialect, 2) is left_open
 
 
 def test_tsv_bom_and_cp1252(tmp_path):

@@ -26,6 +26,18 @@ CASES = {
     "one column only": ("just some text\nmore text here\n", [], "cannot tell how the columns are separated", 1),
     "no line column": ("name,words\nOrla,hi\n", [], "no line column found", 1),
     "unterminated quote": ('name,line\nPip,Hello.\nOrla,"Kettle\'s on.\nPip,Right.\n', [], "unterminated quote", 3),
+    "unterminated quote after doubled quotes": ('name,line\nPip,Hello.\nOrla,"He said ""hi"" and\nPip,Right.\n', [], "unterminated quote", 3),
+    "unterminated quote, CRLF": (b'name,line\r\nPip,Hi.\r\nOrla,Aye.\r\nPip,"Kettle\r\n on,\r\nOrla,Aye.\r\n', [], "unterminated quote", 4),
+    "unterminated quote past csv's field limit": ('name,line\nPip,Hello.\nOrla,"Kettle\n' + "Pip,Right then.\n" * 10_000, [], "unterminated quote", 3),
+    "unterminated quote in an R export": (
+        '"name" "line"\n"1" "Pip" "Hi \\"there\\"."\n"2" "Orla" "Aye."\n"3" "Pip" "Tea?"\n"4" "Orla" "Aye \\" never\n5 Pip Right\n',
+        [], "unterminated quote", 5,
+    ),
+    "text after a closing quote": ('name,line\nPip,Hello.\nOrla,"Kettle"s on.\nPip,Right.\n', [], "malformed CSV (", 3),
+    # past the sample that decides the delimiter, which csv's limit would spoil too
+    "closed field longer than csv's limit": (
+        "name,line\n" + "Pip,Hello.\n" * 30_000 + 'Orla,"' + "word " * 30_000 + '"\nPip,Right.\n', [], "malformed CSV (", 30_002,
+    ),
     "wrong delimiter in rows": ("name,line\nPip;Hello.\nOrla;Aye.\n", [], "row has 1 fields but the header has 2", 2),
     "ragged row": (GOOD + "1,Pip,Extra,field\n", [], "row has 4 fields but the header has 3", 4),
     "duplicate header names": ("name,line,line\nPip,a,b\n", [], "duplicate column name 'line'", 1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,9 +18,6 @@ from pathlib import Path
 
 from charbot.prepare.detect import CHUNK, Columns, Dialect, detect_columns, detect_dialect, detect_encoding
 from charbot.prepare.errors import ScriptError
-
-# Larger than any real line of dialogue; an unterminated quote swallows the file and hits this instead.
-FIELD_LIMIT = 1 << 20
 
 _MAGIC = {b"PK\x03\x04": "a zip archive", b"\x1f\x8b": "a gzip file", b"%PDF": "a PDF", b"\x89PNG": "a PNG image"}
 
@@ -114,8 +112,6 @@ def _fmt(d: Dialect) -> dict:
 
 def iter_rows(src: ScriptSource, on_read: Callable[[int], None] | None = None) -> Iterator[RawRow]:
     """Every data row as a RawRow. Raises ScriptError (with the line number) on a malformed row."""
-    old_limit = csv.field_size_limit()
-    csv.field_size_limit(FIELD_LIMIT)
     cols = src.columns
     width = len(src.header)
     raw = src.path.open("rb")
@@ -141,12 +137,52 @@ def iter_rows(src: ScriptSource, on_read: Callable[[int], None] | None = None) -
                     " | ".join(row[i].strip() for i in cols.episode) if cols.episode else "",
                 )
         except csv.Error as exc:
-            msg = str(exc)
-            if "field larger" in msg or "end of data" in msg or "unexpected end" in msg:
+            if quote_left_open(src.path, src.dialect, start):
                 raise ScriptError(f"{src.path}:{start}", "unterminated quote: a quoted field starts here and never closes", 'close the quote (a " inside a field is written "")') from None
-            raise ScriptError(f"{src.path}:{start}", f"malformed CSV ({msg})", "fix the quoting on that line") from None
+            raise ScriptError(f"{src.path}:{start}", f"malformed CSV ({exc})", "fix the quoting on that line") from None
         except UnicodeDecodeError as exc:
             raise ScriptError(f"{src.path}:{start}", f"cannot decode text as {src.dialect.encoding} (byte {exc.start})", "save the file as UTF-8") from None
     finally:
         raw.close()
-        csv.field_size_limit(old_limit)
+
+
+def quote_left_open(path: Path, d: Dialect, start: int) -> bool:
+    """Whether the record on line `start` opens a quoted field that the rest of the file never closes.
+
+    csv tells why it failed only in its message text, which is no interface; so that one record is read again
+    by csv's own rules for the dialect: a quote opens a field only at the field's start, and inside it an
+    escaped character or (with doublequote) a doubled quote does not close it. An unterminated quote makes
+    csv fail on the record where it opens (at the end of the data or at the field size limit).
+    """
+    esc = d.escapechar or ""
+    in_quotes = re.compile("[" + re.escape('"' + esc) + "]")
+    unquoted = re.compile("[" + re.escape(d.delimiter + esc) + "\r\n]")
+    quoted, field_start = False, True
+    with path.open("r", encoding=d.encoding, errors="replace", newline="") as fh:
+        for line in itertools.islice(fh, start - 1, None):
+            i = 0
+            while i < len(line):
+                if quoted:
+                    hit = in_quotes.search(line, i)
+                    if hit is None:
+                        break  # the field goes on into the next line
+                    i = hit.end()
+                    if hit.group() == esc:
+                        i += 1  # the escaped character, even a newline, stays in the field
+                    elif d.doublequote and line.startswith('"', i):
+                        i += 1
+                    elif d.doublequote and line[i:i + 1] not in ("", d.delimiter, "\r", "\n"):
+                        return False  # text right after a closing quote: csv's strict mode rejects that instead
+                    else:
+                        quoted = False
+                elif field_start and line[i] == '"':
+                    quoted, field_start, i = True, False, i + 1
+                else:
+                    hit = unquoted.search(line, i)
+                    if hit is None:
+                        break
+                    if hit.group() in "\r\n":
+                        return False  # the record ended with its quotes closed: csv failed for another reason
+                    field_start = hit.group() == d.delimiter
+                    i = hit.end() + (hit.group() == esc)
+    return quoted
