@@ -13,6 +13,7 @@ from charbot.persona import example_dialogues, load_card
 from charbot.prepare import ScriptError, prepare
 from charbot.prepare.clean import clean_line, normalize_speaker, parse_aliases
 from charbot.prepare.detect import Dialect
+from charbot.prepare.examples import Splits, val_score
 from charbot.prepare.readers import iter_rows, open_script, quote_left_open
 
 
@@ -94,6 +95,20 @@ def test_both_splits_non_empty_even_with_tiny_fraction(tmp_path):
     assert res.report.examples["val"] > 0 and res.report.examples["train"] > 0
     res = prepare(sample_script_path(), "Orla", tmp_path / "z", val_fraction=0.0)
     assert res.report.examples["val"] == 0
+    res = prepare(sample_script_path(), "Orla", tmp_path / "n", val_fraction=0.9999)
+    assert res.report.examples["val"] > 0 and res.report.examples["train"] > 0
+    assert res.report.episodes_split == {"train": 1, "val": 3}
+
+
+def test_splits_are_decided_once_with_the_repair():
+    episodes = [f"ep {i}" for i in range(6)]
+    by_score = sorted(episodes, key=val_score)
+    tiny = Splits(episodes, 1e-9)  # nothing scores that low: the lowest-scoring episode is held out anyway
+    assert tiny.episodes("val") == [by_score[0]] and tiny("not seen") == "train"
+    huge = Splits(episodes, 0.999999)
+    assert huge.episodes("train") == [by_score[-1]] and huge("not seen") == "val"
+    assert Splits(episodes, 0.0).episodes("val") == []
+    assert Splits(["only"], 0.999999).of == {"only": "train"}
 
 
 def test_card_is_valid_and_built_from_real_lines(orla):
