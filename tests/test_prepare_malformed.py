@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 import pytest
 
@@ -126,13 +133,66 @@ def test_number_flags_are_parsed_by_click(flag, value, kind, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file")
+NOBODY = 65534
+
+
+def run_cli_as_nobody(args: list[str]) -> tuple[int, str]:
+    """Root reads any file, so the CLI runs in a forked child that has dropped to nobody; (exit code, stderr)."""
+    import rich.console  # noqa: F401  imported before the fork: what the CLI imports lazily need not be readable by nobody
+
+    import charbot.cli.prepare  # noqa: F401
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            with os.fdopen(write_fd, "w") as fh:
+                json.dump(_cli_as_nobody(args), fh)
+        finally:
+            os._exit(0)  # never return into the parent's pytest
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        report = fh.read()
+    os.waitpid(pid, 0)
+    code, err = json.loads(report)
+    return code, err
+
+
+def _cli_as_nobody(args: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    try:
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            main(args)
+    except SystemExit as exc:
+        return exc.code, err.getvalue()
+    except BaseException:
+        return -1, err.getvalue() + traceback.format_exc()
+    return 0, err.getvalue()
+
+
 def test_permission_denied(tmp_path, capsys):
-    script = tmp_path / "script.csv"
-    script.write_text(GOOD)
-    script.chmod(0)
-    code, _, err = run_cli(["prepare", str(script), "-c", "Orla", "--out", str(tmp_path / "o")], capsys)
-    assert_one_line_error(code, err, "script.csv", "permission denied", None)
+    if os.geteuid() != 0:
+        script = tmp_path / "script.csv"
+        script.write_text(GOOD)
+        script.chmod(0)
+        code, _, err = run_cli(["prepare", str(script), "-c", "Orla", "--out", str(tmp_path / "o")], capsys)
+        assert_one_line_error(code, err, "script.csv", "permission denied", None)
+        return
+    # User nobody must be able to enter the folder (root's tmp_path is closed to others), or the error would be the folder's.
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)
+        script = folder / "script.csv"
+        script.write_text(GOOD)
+        script.chmod(0)
+        code, err = run_cli_as_nobody(["prepare", str(script), "-c", "Orla", "--out", str(folder / "o"), "-q"])
+        assert_one_line_error(code, err, "script.csv", "permission denied", None)
+        assert not (folder / "o").exists()
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_out_is_a_file(tmp_path, capsys):
