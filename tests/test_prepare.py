@@ -12,7 +12,9 @@ from charbot.factory import sample_script_path
 from charbot.persona import example_dialogues, load_card
 from charbot.prepare import ScriptError, prepare
 from charbot.prepare.clean import clean_line, normalize_speaker, parse_aliases
-from charbot.prepare.readers import iter_rows, open_script
+from charbot.prepare.detect import Dialect
+from charbot.prepare.examples import Splits, val_score
+from charbot.prepare.readers import iter_rows, open_script, quote_left_open
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -93,6 +95,20 @@ def test_both_splits_non_empty_even_with_tiny_fraction(tmp_path):
     assert res.report.examples["val"] > 0 and res.report.examples["train"] > 0
     res = prepare(sample_script_path(), "Orla", tmp_path / "z", val_fraction=0.0)
     assert res.report.examples["val"] == 0
+    res = prepare(sample_script_path(), "Orla", tmp_path / "n", val_fraction=0.9999)
+    assert res.report.examples["val"] > 0 and res.report.examples["train"] > 0
+    assert res.report.episodes_split == {"train": 1, "val": 3}
+
+
+def test_splits_are_decided_once_with_the_repair():
+    episodes = [f"ep {i}" for i in range(6)]
+    by_score = sorted(episodes, key=val_score)
+    tiny = Splits(episodes, 1e-9)  # nothing scores that low: the lowest-scoring episode is held out anyway
+    assert tiny.episodes("val") == [by_score[0]] and tiny("not seen") == "train"
+    huge = Splits(episodes, 0.999999)
+    assert huge.episodes("train") == [by_score[-1]] and huge("not seen") == "val"
+    assert Splits(episodes, 0.0).episodes("val") == []
+    assert Splits(["only"], 0.999999).of == {"only": "train"}
 
 
 def test_card_is_valid_and_built_from_real_lines(orla):
@@ -164,6 +180,40 @@ def test_r_write_table_with_escaped_quote_crlf(tmp_path):
     assert [(r.speaker, r.text) for r in rows] == [("LUKE", "Hurry up!"), ("HAN", 'He said "no", kid.'), ("LUKE", "Fine.")]
     res = prepare(script, "luke", tmp_path / "o")
     assert res.report.examples == {"train": 1, "val": 0}  # one episode: everything trains
+
+
+def test_reading_rows_leaves_csv_field_limit_alone(tmp_path):
+    script = tmp_path / "s.csv"
+    script.write_text("name,line\nAnn,Hi.\nBo,Hey.\n")
+    limit = csv.field_size_limit()
+    rows = iter_rows(open_script(script))
+    next(rows)
+    assert csv.field_size_limit() == limit  # also while the generator is suspended
+    list(rows)
+    assert csv.field_size_limit() == limit
+
+
+COMMA = Dialect("utf-8", ",", None, True, False)
+R_TABLE = Dialect("utf-8", " ", "\\", False, False)
+
+
+@pytest.mark.parametrize(("dialect", "record", "left_open"), [
+    (COMMA, 'Pip,"never closed\nOrla,Aye.\n', True),
+    (COMMA, 'Pip,"a ""quoted"" word\nOrla,Aye.\n', True),
+    (COMMA, 'Pip,"spans\ntwo lines",x\nOrla,"open\n', False),  # only the record on the given line counts
+    (COMMA, 'Pip,say "hi\nOrla,Aye.\n', False),  # a quote inside an unquoted field is text
+    (COMMA, 'Pip,"closed"then text\nOrla,"open\n', False),  # csv rejects the text after the quote first
+    (COMMA, '"Pip","closed",x\n', False),
+    (R_TABLE, '"1" "Pip" "an \\" escaped quote\n', True),
+    (R_TABLE, '"1" "Pip" "ends with \\\\"\n', False),  # an escaped backslash, then the closing quote
+    (R_TABLE, '"1" "Pip" "an escaped \\\nnewline"\n', False),
+    (R_TABLE, '1 Pip escaped\\\n"is text mid-field\n', False),
+    (R_TABLE, '1 Pip escaped\\\n "opens the next field\n', True),
+])
+def test_quote_left_open_follows_csv_rules(tmp_path, dialect, record, left_open):
+    script = tmp_path / "s.csv"
+    script.write_text("header\n" + record, newline="")
+    assert quote_left_open(script, dialect, 2) is left_open
 
 
 def test_tsv_bom_and_cp1252(tmp_path):

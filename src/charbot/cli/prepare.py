@@ -7,25 +7,19 @@ import click
 from charbot.prepare.errors import ScriptError
 
 
-def _number(script: str, value: str, flag: str, kind):
-    try:
-        return kind(value)
-    except ValueError:
-        raise ScriptError(script, f"{flag} {value!r} is not a {'whole number' if kind is int else 'number'}", f"pass a number to {flag}") from None
-
-
 @click.command("prepare")
 @click.argument("script", required=False)
 @click.option("--character", "-c", help="Speaker to model, as named in the script (case-insensitive).")
 @click.option("--out", "-o", help="Output directory (default ./out/<character>).")
-@click.option("--context", default="7", show_default=True, help="Lines before each reply to include (never across episodes).")
+# Numbers are only parsed here; their ranges are checked once, by the pipeline (prepare.pipeline._validate).
+@click.option("--context", type=int, default=7, show_default=True, help="Lines before each reply to include (never across episodes).")
 @click.option("--alias", multiple=True, metavar="VARIANT=NAME", help='Merge speaker spellings, e.g. --alias "Pickle Rick=Rick" (repeatable).')
 @click.option("--speaker-col", help="Speaker column name or 1-based number (default: detected).")
 @click.option("--line-col", help="Dialogue column name or 1-based number (default: detected).")
 @click.option("--episode-col", help="Episode/scene column name or number (default: detected; none = one episode).")
-@click.option("--val-fraction", default="0.1", show_default=True, help="Share of episodes held out for validation.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of episodes held out for validation.")
 @click.option("--wide-csv", is_flag=True, help="Also write the tutorial's wide table (response, context, context/0…).")
-@click.option("--cast", default="0", show_default=True, metavar="MIN_LINES",
+@click.option("--cast", type=int, default=0, show_default=True, metavar="MIN_LINES",
               help="Also train on every other speaker with at least MIN_LINES lines, each as itself (train episodes only): "
                    "more of the show's dialogue for a small script. 0: off.")
 @click.option("--force", is_flag=True, help="Redraft persona.json even if it exists (it is kept by default).")
@@ -49,11 +43,8 @@ def prepare(script, character, out, context, alias, speaker_col, line_col, episo
         raise ScriptError("SCRIPT", "missing", "pass the script file (CSV/TSV), e.g. charbot prepare script.csv --character Rick")
     result = run_prepare(
         script, character, out,
-        context=_number(script, context, "--context", int), aliases=alias,
-        speaker_col=speaker_col, line_col=line_col, episode_col=episode_col,
-        val_fraction=_number(script, val_fraction, "--val-fraction", float), wide_csv=wide_csv, force=force,
-        cast=_number(script, cast, "--cast", int),
-        show_progress=not quiet,
+        context=context, aliases=alias, speaker_col=speaker_col, line_col=line_col, episode_col=episode_col,
+        val_fraction=val_fraction, wide_csv=wide_csv, force=force, cast=cast, show_progress=not quiet,
     )
     if not quiet:
         console = Console()

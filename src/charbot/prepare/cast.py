@@ -11,24 +11,23 @@ end) and merged into train.jsonl afterwards, once the episode split is final.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from charbot.persona import render
 from charbot.prepare.card import CardDrafter, build_card
-from charbot.prepare.examples import Line, dialogue_words, example_record, to_messages
+from charbot.prepare.examples import Line, Spool, dialogue_words, to_messages
 
 
 class CastExamples:
     def __init__(self, path: Path, title: str, min_lines: int, user_placeholder: str):
-        self.path = path
         self.title = title
         self.min_lines = min_lines
         self.user = user_placeholder
         self._systems: dict[str, str] = {}
-        self._fh = path.open("w", encoding="utf-8", newline="\n")
+        self._spool = Spool(path)
 
     def add(self, before: list[Line], line: Line) -> None:
         system = self._systems.get(line.speaker)
@@ -37,23 +36,19 @@ class CastExamples:
             system = self._systems[line.speaker] = render(card, self.user).system
         messages = to_messages(system, line.speaker, before, line)
         if messages is not None:
-            self._fh.write(example_record(messages, line) + "\n")
+            self._spool.add(messages, line)
 
     def close(self) -> None:
-        self._fh.close()
+        self._spool.close()
 
-    def merge_into(self, train: Path, lines: Counter[str], is_train: Callable[[str], bool]) -> tuple[int, int, int]:
-        """Append the examples of speakers with at least `min_lines` lines, from training episodes only.
-        Returns (examples, speakers, words)."""
-        self.close()
+    def merge_into(self, train: TextIO, lines: Counter[str], is_train: Callable[[str], bool]) -> dict[str, int]:
+        """Write the examples of speakers with at least `min_lines` lines, from training episodes only, to `train`.
+        Returns what the report says about them."""
         examples, words, speakers = 0, 0, set()
-        with self.path.open(encoding="utf-8") as fin, train.open("a", encoding="utf-8", newline="\n") as fout:
-            for text in fin:
-                record = json.loads(text)
-                if lines[record["speaker"]] >= self.min_lines and is_train(record["episode"]):
-                    fout.write(text)
-                    examples += 1
-                    speakers.add(record["speaker"])
-                    words += dialogue_words(record["messages"])
-        self.path.unlink(missing_ok=True)
-        return examples, len(speakers), words
+        for text, record in self._spool:
+            if lines[record["speaker"]] >= self.min_lines and is_train(record["episode"]):
+                train.write(text)
+                examples += 1
+                speakers.add(record["speaker"])
+                words += dialogue_words(record["messages"])
+        return {"min_lines": self.min_lines, "speakers": len(speakers), "examples": examples, "words": words}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 from charbot.prepare.errors import ScriptError
+from charbot.prepare.examples import Line
+from charbot.prepare.readers import RawRow
 
 try:  # ftfy knows far more mojibake shapes than a hand-written cp1252 round trip
     from ftfy import fix_encoding as _fix_encoding
@@ -58,10 +61,37 @@ def speaker_key(name: str) -> str:
 
 
 def clean_line(raw: str) -> str:
-    text = fix_text(raw)
+    return _tidy(fix_text(raw))
+
+
+def _tidy(text: str) -> str:
     if "(" in text or "[" in text:
         text = _DIRECTION.sub(" ", text)
     return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class Row:
+    """What one script row turned out to be: a usable line, or no line and the reason it was dropped."""
+
+    line: Line | None
+    dropped: str = ""
+    repaired: bool = False  # its mojibake was fixed
+    directions: bool = False  # a (stage direction) was taken out of it
+
+
+def classify(raw: RawRow, speaker: str, episode: str) -> Row:
+    """`speaker` is the row's speaker after normalising and aliases; `episode` the one it belongs to."""
+    if not speaker:
+        return Row(None, DROP_NO_SPEAKER if raw.text.strip() else DROP_EMPTY_ROW)
+    if not raw.text.strip():
+        return Row(None, DROP_NO_LINE)
+    fixed = fix_text(raw.text)
+    text = _tidy(fixed)
+    if not text:
+        return Row(None, DROP_DIRECTION_ONLY, repaired=fixed != raw.text)
+    directions = ("(" in raw.text or "[" in raw.text) and len(text) < len(raw.text.strip())
+    return Row(Line(speaker, text, episode, raw.line_no, len(text.split())), "", fixed != raw.text, directions)
 
 
 def parse_aliases(specs: tuple[str, ...] | list[str], where: str = "--alias") -> dict[str, str]:

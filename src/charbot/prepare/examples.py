@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,57 @@ def wide_header(n: int) -> list[str]:
 def val_score(episode: str) -> float:
     """Stable across runs, machines and Python versions (unlike hash())."""
     return int.from_bytes(hashlib.sha256(episode.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+class Splits:
+    """The one place that decides which split an episode belongs to.
+
+    An episode is held out when its score falls under the validation fraction. Over `episodes` (those with the
+    character's examples), neither split may come out empty: with two or more of them and a fraction above 0,
+    the episode nearest the boundary crosses over; a single episode always trains.
+    """
+
+    def __init__(self, episodes: Iterable[str], val_fraction: float):
+        self.val_fraction = val_fraction
+        self.of = {e: self._by_score(e) for e in episodes}
+        nearest = sorted(self.of, key=lambda e: (val_score(e), e))
+        if len(self.of) < 2:
+            self.of = dict.fromkeys(self.of, "train")
+        elif val_fraction > 0 and "val" not in self.of.values():
+            self.of[nearest[0]] = "val"
+        elif "train" not in self.of.values():
+            self.of[nearest[-1]] = "train"
+
+    def _by_score(self, episode: str) -> str:
+        return "val" if val_score(episode) < self.val_fraction else "train"
+
+    def __call__(self, episode: str) -> str:
+        # An episode without the character's examples goes by its score alone, so --cast takes nothing held out.
+        return self.of.get(episode) or self._by_score(episode)
+
+    def episodes(self, split: str) -> list[str]:
+        return [e for e, s in self.of.items() if s == split]
+
+
+class Spool:
+    """Examples parked in a scratch JSONL file until the pass is over and it is known where each one goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = path.open("w", encoding="utf-8", newline="\n")
+
+    def add(self, messages: list[dict], target: Line) -> None:
+        self._fh.write(example_record(messages, target) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __iter__(self) -> Iterator[tuple[str, dict]]:
+        """Each example as its JSONL line (newline included) and the parsed record."""
+        self.close()
+        with self.path.open(encoding="utf-8", newline="\n") as fh:
+            for text in fh:
+                yield text, json.loads(text)
 
 
 class ContextWindow:

@@ -37,6 +37,11 @@ class OutputSet:
     def final(self, name: str) -> Path:
         return self.out_dir / name
 
+    @property
+    def names(self) -> list[str]:
+        """The outputs asked for so far, in the order they were asked for."""
+        return list(self._temps)
+
     def commit(self) -> dict[str, Path]:
         done = {}
         for name, tmp in self._temps.items():

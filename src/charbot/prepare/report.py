@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
+
+from charbot.prepare.clean import Row
 
 
 @dataclass
@@ -82,3 +85,48 @@ class PrepareReport:
         for note in self.notes:
             t.add_row("note", note)
         return t
+
+
+@dataclass
+class Tally:
+    """Everything `prepare` counts, kept in one place while the script is read; the report is built from it."""
+
+    rows_read: int = 0
+    rows_kept: int = 0
+    character_rows_raw: int = 0
+    text_repaired: int = 0
+    directions_removed: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    lines: Counter[str] = field(default_factory=Counter)  # kept lines per speaker
+    episodes: set[str] = field(default_factory=set)
+    character_episodes: set[str] = field(default_factory=set)
+    episode_examples: Counter[str] = field(default_factory=Counter)  # the character's, in order of the first one
+    examples: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    words: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    cast: dict[str, int] = field(default_factory=dict)
+
+    def row(self, row: Row, is_char: bool) -> None:
+        self.rows_read += 1
+        self.character_rows_raw += is_char
+        self.text_repaired += row.repaired
+        if row.line is None:
+            self.dropped[row.dropped] += 1
+            return
+        self.rows_kept += 1
+        self.directions_removed += row.directions
+        self.lines[row.line.speaker] += 1
+        self.episodes.add(row.line.episode)
+
+    def example(self, split: str, words: int) -> None:
+        self.examples[split] += 1
+        self.words[split] += words
+
+    def report(self, character: str, **fields) -> PrepareReport:
+        return PrepareReport(
+            character=character, rows_read=self.rows_read, rows_kept=self.rows_kept, dropped=dict(self.dropped),
+            text_repaired=self.text_repaired, directions_removed=self.directions_removed, speakers=len(self.lines),
+            top_speakers=self.lines.most_common(10), episodes=len(self.episodes), character_rows_raw=self.character_rows_raw,
+            character_lines=self.lines[character], character_episodes=len(self.character_episodes),
+            examples=dict(self.examples), skipped=dict(self.skipped), words=dict(self.words), cast=dict(self.cast), **fields,
+        )
