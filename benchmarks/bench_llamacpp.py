@@ -1,9 +1,14 @@
-"""Single-stream generation: charbot's llama.cpp path vs raw llama-cpp-python, same GGUF/prompt/settings.
+"""Single-stream generation: charbot's llama.cpp backend vs raw llama-cpp-python (its high-level `Llama`).
 
-Prints tokens/s for both (medians over alternating rounds), their ratio (target >= 0.95), and the time from
-process start to the first reply token in a fresh process (target <= 2 s after imports).
+Identical work on both sides: the same GGUF, threads and context size; the same prompts, as token ids (the engine's
+prompt for a fresh conversation, one question per round, so both reuse the persona's cached prefix alike); greedy
+decoding with the end-of-generation tokens banned, so every reply is exactly --max-tokens tokens. Rounds alternate,
+so drift in machine speed hits both alike. Prefill (time to the first token) and decode (time per later token)
+are reported separately, with their ratios. Then a fresh process to the first reply token.
 
-    python benchmarks/bench_llamacpp.py [--rounds 8] [--max-tokens 64]
+    python benchmarks/bench_llamacpp.py [--rounds 20] [--max-tokens 64] [--threads N]
+
+Target: charbot's decode tok/s >= 0.95x raw llama-cpp-python's; first reply token <= 2 s after imports.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
+from charbot.backends.base import Prompt
 from charbot.backends.llamacpp import LlamaCppBackend
 from charbot.engine import Engine
 from charbot.factory import sample_card_path
@@ -25,23 +32,37 @@ from charbot.memory import MemoryStore
 from charbot.models import embedded_model_path
 from charbot.persona import load_card
 
-QUESTION = "Tell me about the worst storm you ever saw."
+QUESTIONS = [
+    "Tell me about the worst storm you ever saw.", "What do you do when the fog rolls in?", "Who was keeper before you?",
+    "How do you keep the lamp burning?", "Do you ever get lonely up here?", "What's for supper tonight?",
+]
 
 
-async def charbot_path(engine: Engine, i: int) -> tuple[int, float]:
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+async def charbot_round(backend: LlamaCppBackend, prompt: Prompt, settings: GenerationSettings) -> tuple[float, float, int, str]:
     start = time.perf_counter()
-    reply = await engine.reply(f"bench-{i}", QUESTION)  # a fresh conversation: the same prompt every round
-    return reply.completion_tokens, time.perf_counter() - start
+    first, text, n = None, "", 0
+    async for piece in backend.stream(prompt, settings):
+        first = first or time.perf_counter()
+        text += piece
+    done = time.perf_counter()
+    n = backend.count_tokens(text)
+    return first - start, done - start, n, text
 
 
-def raw_path(llm, messages, settings: GenerationSettings, seed: int) -> tuple[int, float]:
+def raw_round(llm, tokens: list[int], settings: GenerationSettings, bias: dict[int, float]) -> tuple[float, float, int, str]:
     start = time.perf_counter()
-    out = llm.create_chat_completion(
-        messages=messages, max_tokens=settings.max_new_tokens, temperature=settings.temperature,
-        top_k=settings.top_k, top_p=settings.top_p, repeat_penalty=settings.repetition_penalty,
-        stop=list(settings.stop), seed=seed,
-    )
-    return out["usage"]["completion_tokens"], time.perf_counter() - start
+    first, text, n = None, "", 0
+    for chunk in llm.create_completion(prompt=tokens, max_tokens=settings.max_new_tokens, temperature=0.0, repeat_penalty=1.0,
+                                       logit_bias=bias, stream=True):
+        first = first or time.perf_counter()
+        text += chunk["choices"][0]["text"]
+        n += 1
+    return first - start, time.perf_counter() - start, n, text
 
 
 FIRST_TOKEN_CHILD = r"""
@@ -71,39 +92,47 @@ def first_token(tmpdir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def report(name: str, rounds: list[tuple[float, float, int, str]]) -> tuple[float, float]:
+    prefill = [r[0] for r in rounds]
+    decode = [(r[1] - r[0]) / (r[2] - 1) for r in rounds]
+    print(f"  {name:<22} prefill p50 {pct(prefill, .5) * 1000:6.1f} ms  p95 {pct(prefill, .95) * 1000:6.1f} ms   "
+          f"decode p50 {pct(decode, .5) * 1000:5.2f} ms/token ({1 / pct(decode, .5):5.1f} tok/s)  tokens {rounds[0][2]}")
+    return pct(prefill, .5), pct(decode, .5)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
-
-    import tempfile
+    from llama_cpp import Llama
 
     tmp = tempfile.mkdtemp()
-    settings = GenerationSettings(max_new_tokens=args.max_tokens)
-    backend = LlamaCppBackend(embedded_model_path(), context_window=2048)
+    settings = GenerationSettings(max_new_tokens=args.max_tokens, do_sample=False, no_repeat_ngram_size=0, ignore_eos=True)
+    backend = LlamaCppBackend(embedded_model_path(), context_window=2048, threads=args.threads)
     engine = Engine(backend, MemoryStore(os.path.join(tmp, "bench.db")), load_card(sample_card_path()), settings)
     await engine.warm_up()
-    built, card = engine.build_prompt("bench-x", QUESTION)
-    messages = [{"role": m.role, "content": m.content} for m in built.prompt.messages]
-    raw_settings = settings.with_stop(*engine._stops(card, None))
+    llm = Llama(str(embedded_model_path()), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    bias = {t: float("-inf") for t in backend._model.eog_tokens}  # as ignore_eos does on charbot's side
 
     ours, raw = [], []
-    for i in range(args.rounds):  # alternate, so drift in machine speed hits both alike
-        n, s = await charbot_path(engine, i)
-        ours.append(n / s)
-        n, s = raw_path(backend.llm, messages, raw_settings, seed=i)
-        raw.append(n / s)
-    a, b = statistics.median(ours), statistics.median(raw)
-    print(f"single-stream tokens/s over {args.rounds} alternating rounds, max {args.max_tokens} new tokens, {os.cpu_count()} cores")
-    print(f"  charbot engine (llama.cpp): median {a:6.1f} tok/s  (min {min(ours):.1f}, max {max(ours):.1f})")
-    print(f"  raw llama-cpp-python:       median {b:6.1f} tok/s  (min {min(raw):.1f}, max {max(raw):.1f})")
-    print(f"  ratio charbot/raw: {a / b:.3f}  (target >= 0.95)")
+    for i in range(args.rounds):
+        prompt = engine.build_prompt(f"bench-{i}", QUESTIONS[i % len(QUESTIONS)])[0].prompt
+        tokens = backend.prompt_tokens(prompt)
+        ours.append(await charbot_round(backend, prompt, settings))
+        raw.append(raw_round(llm, tokens, settings, bias))
+    same = sum(a[3] == b[3] for a, b in zip(ours, raw))
+    print(f"single stream, {args.rounds} alternating rounds, greedy, exactly {args.max_tokens} tokens each, prompts of "
+          f"{len(backend.prompt_tokens(prompt))} tokens, threads {args.threads}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    a_pre, a_dec = report("charbot backend", ours)
+    b_pre, b_dec = report("raw llama-cpp-python", raw)
+    print(f"  same text in {same}/{args.rounds} rounds")
+    print(f"  ratio charbot/raw: decode tok/s {b_dec / a_dec:.3f} (target >= 0.95), prefill time {a_pre / b_pre:.2f}")
     await backend.aclose()
 
     ft = [first_token(tmp) for _ in range(3)]
-    best = min(ft, key=lambda r: r["total"])
-    med = {k: statistics.median(r[k] for r in ft) for k in best}
+    med = {k: statistics.median(r[k] for r in ft) for k in ft[0]}
     print("fresh process to first reply token (median of 3):")
     print(f"  interpreter start {med['interpreter']:.2f} s, imports {med['imports']:.2f} s, "
           f"load+warm-up+first token {med['after_imports']:.2f} s (target <= 2 s), total {med['total']:.2f} s")

@@ -1,10 +1,11 @@
 """Useful (non-padding) training tokens/s: charbot's bucketed (default) and packed batches vs the tutorial's
 fixed-length padded blocks.
 
-Same model, same data, same batch size and step count, measured one after the other in this run, so the
-ratio is fair even on a busy machine (absolute numbers are not).
+Identical work on every side: the same model and the same examples, each seen exactly once (one epoch over a
+fixed subset), the same batch size and length limit, measured one after the other in this run, so the ratio is
+fair even on a busy machine (absolute numbers are not). The useful tokens are counted, and must come out equal.
 
-    .venv/bin/python benchmarks/bench_train.py [--data PREPARED_DIR] [--base-model REF] [--steps 8]
+    .venv/bin/python benchmarks/bench_train.py [--data PREPARED_DIR] [--base-model REF] [--examples 64]
 
 Without --data the project's sample script is prepared into a temporary directory.
 Target: the default (bucketed) ≥ 2.5× the padded recipe.
@@ -25,21 +26,21 @@ def sample_data(root: Path) -> Path:
     return prepare(sample_script_path(), "Orla", root / "data", context=4, val_fraction=0.1, force=True).out_dir
 
 
-def train_only(data: Path, root: Path) -> Path:
-    """A copy without val.jsonl: validation passes would cost time without measuring training."""
-    import shutil
-
-    out = root / "train-only"
+def train_subset(data: Path, root: Path, examples: int) -> Path:
+    """The first `examples` training examples, without val.jsonl (validation would cost time without measuring
+    training): every batching strategy trains on exactly these, once."""
+    out = root / "subset"
     out.mkdir()
-    shutil.copyfile(data / "train.jsonl", out / "train.jsonl")
+    lines = (data / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:examples]
+    (out / "train.jsonl").write_text("".join(lines), encoding="utf-8")
     return out
 
 
-def run(data: Path, base: str | None, batching: str, steps: int, batch: int, max_length: int, root: Path, threads: int | None) -> dict:
+def run(data: Path, base: str | None, batching: str, batch: int, max_length: int, root: Path, threads: int | None) -> dict:
     from charbot.train.config import TrainConfig
     from charbot.train.loop import train
 
-    cfg = TrainConfig(data=data, output_dir=root / batching, base_model=base, batching=batching, max_steps=steps, batch_size=batch,
+    cfg = TrainConfig(data=data, output_dir=root / batching, base_model=base, batching=batching, epochs=1, batch_size=batch,
                       max_length=max_length, eval_steps=0, save_steps=10_000, progress=False, threads=threads, learning_rate=1e-5)
     m = train(cfg).metrics
     return {"batching": batching, "useful_tokens": m["useful_tokens"], "tokens_per_s": m["useful_tokens_per_s"]}
@@ -49,15 +50,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="a `charbot prepare` directory (default: the sample script)")
     ap.add_argument("--base-model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--examples", type=int, default=64, help="examples each strategy trains on, once")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256, help="the padded recipe's block length")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = train_only(args.data or sample_data(root), root)
-        results = [run(data, args.base_model, b, args.steps, args.batch_size, args.max_length, root, args.threads) for b in ("padded", "packed", "bucketed")]
+        data = train_subset(args.data or sample_data(root), root, args.examples)
+        results = [run(data, args.base_model, b, args.batch_size, args.max_length, root, args.threads) for b in ("padded", "packed", "bucketed")]
+    if len({r["useful_tokens"] for r in results}) != 1:
+        raise SystemExit(f"the strategies saw different tokens ({[r['useful_tokens'] for r in results]}): not the same work")
     base = results[0]["tokens_per_s"]
     print(f"{'batching':<10} {'useful tokens':>14} {'useful tok/s':>13} {'vs padded':>10}")
     for r in results:

@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     except CharbotError as exc:
         click.echo(f"charbot: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # a bad flag value or a missing argument: one line, like every other error
+        command = exc.ctx.command_path if exc.ctx is not None else "charbot"
+        click.echo(f"charbot: error: {' '.join(exc.format_message().split())} — see `{command} --help`", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
