@@ -1,15 +1,24 @@
-"""Many conversations at once, through the REAL bot (CharBot + discord.py) and the loopback fake Discord.
+"""Many conversations at once: charbot's llama.cpp backend against llama.cpp's own server, same work, one run.
 
-For N = 1, 4, 8, 16 channels each sending one message at the same instant, it reports the p50/p95 time from
-MESSAGE_CREATE to the reply POST and the aggregate generated tokens/s, for the batched configuration
-(`parallel`, scheduler capacity = parallel) and for a serial baseline measured in the same run (parallel=1,
-one generation in flight: the tutorial's one blocking call at a time). Same model, same reply cap, same seed.
+Three servers of the same GGUF on this box, interleaved burst by burst so drift in machine speed hits all alike:
+- **charbot serial**: `parallel=1`, the scheduler admitting one generation at a time (the tutorial's one blocking
+  call at a time);
+- **charbot parallel=P**: continuous batching over P sequences (the scheduler admits P);
+- **llama-server --parallel P**: llama.cpp's server with continuous batching (benchmarks/llama_server_peer.py),
+  reached over loopback HTTP, as a user who runs it instead of charbot would.
 
-    python benchmarks/bench_serving.py [--parallel 8] [--rounds 2] [--threads N] [--max-tokens 64]
-    python benchmarks/bench_serving.py --soak 10000      # RSS over 10,000 messages (fast scripted replies)
+For each N, bursts of N requests sent at the same instant: N fresh conversations of the sample character (the
+engine's prompt, rendered and tokenized once; the same token ids go to every side), greedy decoding with EOS
+ignored, exactly --max-tokens tokens each. Rounds per N are enough for --samples requests per point (p95 needs
+>= 20). Reported per side: latency p50/p95 (burst start → last token), prefill (time to first token, p50) and
+decode (ms per token after the first, p50), aggregate tok/s (N × tokens / slowest request); the ratio
+charbot/llama-server; and the decode-step ceiling measured in the same run (bench_decode_step.py): N / step(N)
+tok/s, the most any batching server can reach with prompts already read.
 
-Targets at N = 8: p95 <= 2x the N = 1 latency, aggregate tok/s >= 3x single-stream; soak: RSS at the end
-within 10% of RSS after the first 1,000 messages.
+    python benchmarks/bench_serving.py [--parallel 8] [--sizes 1,4,8,16] [--max-tokens 64] [--threads N] [--samples 20]
+    python benchmarks/bench_serving.py --soak 10000      # RSS over 10,000 messages through the Discord bot
+
+Targets at N = 8: charbot aggregate tok/s >= 1.0x llama-server's, p95 <= 1.1x llama-server's.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -26,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks"), str(ROOT)]
 
 import psutil  # noqa: E402
 
@@ -41,10 +51,10 @@ QUESTIONS = [
 
 
 @dataclass
-class Round:
-    latencies: list[float]
+class Sample:
+    ttft: float  # from the burst's start to this request's first token
+    total: float  # to its last token
     tokens: int
-    seconds: float
 
 
 def pct(values: list[float], q: float) -> float:
@@ -52,85 +62,110 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
-async def burst(fake, bot, guild, channels, users) -> Round:
-    """One message in each channel at the same instant; wait for every reply."""
-    for ch in channels:  # fresh conversations each round: every round sees the same prompt sizes
-        bot.engine.reset(f"discord:{ch['id']}")
-    tokens_before = bot.metrics.tokens._value.get()
-    mention = dict(guild=guild, mentions=[fake.state.bot_user])
-    start = time.monotonic()
-    sent = await asyncio.gather(*(
-        fake.say(ch, user, f"<@{bot.user.id}> {QUESTIONS[i % len(QUESTIONS)]}", **mention)
-        for i, (ch, user) in enumerate(zip(channels, users))
-    ))
-    ids = {m["id"] for m in sent}
+class CharbotSide:
+    """The backend behind the engine's scheduler: what `charbot discord` runs, minus Discord."""
 
-    def replies():
-        return {str(c.json["message_reference"]["message_id"]): c.at for c in fake.state.calls_to("POST", "/messages")
-                if c.json and c.json.get("message_reference") and str(c.json["message_reference"]["message_id"]) in ids}
+    def __init__(self, name: str, backend, scheduler, settings):
+        self.name, self.backend, self.scheduler, self.settings = name, backend, scheduler, settings
 
-    got = await fake.wait_for(lambda: len(replies()) == len(ids) and replies(), timeout=600)
-    latencies = [got[m["id"]] - start for m in sent]
-    return Round(latencies, int(bot.metrics.tokens._value.get() - tokens_before), max(got.values()) - start)
+    async def one(self, prompt, t0: float) -> Sample:
+        first = None
+        async with self.scheduler.slot(None):
+            async for _piece in self.backend.stream(prompt, self.settings):
+                first = first or time.perf_counter()
+        return Sample(first - t0, time.perf_counter() - t0, self.settings.max_new_tokens)
+
+    async def burst(self, prompts, tokens) -> list[Sample]:
+        t0 = time.perf_counter()
+        return list(await asyncio.gather(*(self.one(p, t0) for p in prompts)))
 
 
-async def measure(label: str, backend, db: Path, sizes: list[int], rounds: int, **settings) -> dict[int, list[Round]]:
-    async with FakeDiscord() as fake:
-        state = fake.state
-        guild = state.add_guild(channels=tuple(f"room{i}" for i in range(max(sizes))))
-        channels = [state.channel(guild, f"room{i}") for i in range(max(sizes))]
-        users = [state.user(f"sailor{i}") for i in range(max(sizes))]
-        results: dict[int, list[Round]] = {}
-        async with running_bot(fake, backend, db, discord_max_queue=1000, queue_timeout=3600, **settings) as bot:
-            print(f"[{label}] ready: capacity {bot.gate.capacity}, backend {bot.engine.backend.describe()}", flush=True)
-            await burst(fake, bot, guild, channels[:1], users[:1])  # untimed: first-use costs out of the way
-            for n in sizes:
-                results[n] = []
-                for _ in range(rounds):
-                    r = await burst(fake, bot, guild, channels[:n], users[:n])
-                    results[n].append(r)
-                    print(f"[{label}] N={n:2d}: p50 {pct(r.latencies, .5):5.2f}s p95 {pct(r.latencies, .95):5.2f}s "
-                          f"{r.tokens} tok in {r.seconds:.2f}s", flush=True)
-                    state.calls.clear()
-        return results
+class PeerSide:
+    def __init__(self, name: str, server, n_predict: int):
+        self.name, self.server, self.n_predict = name, server, n_predict
+
+    async def burst(self, prompts, tokens) -> list[Sample]:
+        records = await self.server.burst(tokens, self.n_predict)
+        return [Sample(r.ttft_s, r.total_s, r.tokens) for r in records]
 
 
-def summarise(results: dict[int, list[Round]]) -> dict[int, tuple[float, float, float]]:
-    out = {}
-    for n, rounds in results.items():
-        lat = [x for r in rounds for x in r.latencies]
-        out[n] = (pct(lat, .5), pct(lat, .95), sum(r.tokens for r in rounds) / sum(r.seconds for r in rounds))
-    return out
+def summary(samples: list[list[Sample]]) -> dict[str, float]:
+    flat = [s for burst in samples for s in burst]
+    decode = [(s.total - s.ttft) / max(1, s.tokens - 1) for s in flat]
+    throughput = [sum(s.tokens for s in burst) / max(s.total for s in burst) for burst in samples]
+    return {"p50": pct([s.total for s in flat], .5), "p95": pct([s.total for s in flat], .95), "ttft": pct([s.ttft for s in flat], .5),
+            "decode_ms": pct(decode, .5) * 1000, "tok_s": sum(throughput) / len(throughput), "n": len(flat)}
 
 
 async def serving(args) -> None:
-    from charbot.backends.llamacpp import LlamaCppBackend
-    from charbot.backends.llamacpp_batched import LlamaCppBatchedBackend
-    from charbot.models import embedded_model_path
+    from bench_decode_step import measure
+    from llama_server_peer import LlamaServer
 
-    tmp = Path(tempfile.mkdtemp())
+    from charbot.backends.llamacpp import LlamaCppBackend
+    from charbot.engine import Engine
+    from charbot.factory import sample_card_path
+    from charbot.generation import GenerationSettings
+    from charbot.memory import MemoryStore
+    from charbot.models import embedded_model_path
+    from charbot.persona import load_card
+    from charbot.scheduler import Scheduler
+
     sizes = [int(n) for n in args.sizes.split(",")]
-    common = dict(max_new_tokens=args.max_tokens, seed=1234, threads=args.threads)
     model = embedded_model_path()
+    settings = GenerationSettings(max_new_tokens=args.max_tokens, do_sample=False, no_repeat_ngram_size=0, ignore_eos=True)
+    serial = LlamaCppBackend(model, context_window=2048, threads=args.threads, parallel=1)
+    batched = LlamaCppBackend(model, context_window=2048, threads=args.threads, parallel=args.parallel)
+    for b in (serial, batched):
+        await b.load()
+    engine = Engine(batched, MemoryStore(Path(tempfile.mkdtemp()) / "prompts.db"), load_card(sample_card_path()), settings)
+
+    def prompts(n: int, tag: str):
+        """N fresh conversations; the tag keeps each burst's questions new to every side's cache."""
+        built = [engine.build_prompt("", f"({tag}-{i}) {QUESTIONS[i % len(QUESTIONS)]}", speaker=f"sailor{i}")[0].prompt for i in range(n)]
+        return built, [batched.prompt_tokens(p) for p in built]
+
     load = os.getloadavg()
-    serial = await measure("serial", LlamaCppBackend(model, context_window=2048, threads=args.threads, seed=1234),
-                           tmp / "serial.db", sizes, args.rounds, parallel=1, discord_max_inflight=1, **common)
-    batched = await measure(f"parallel={args.parallel}", LlamaCppBatchedBackend(model, context_window=2048, threads=args.threads, parallel=args.parallel),
-                            tmp / "batched.db", sizes, args.rounds, parallel=args.parallel, **common)
+    async with LlamaServer(model, parallel=args.parallel, ctx_per_slot=2048, threads=args.threads) as server:
+        sides = [CharbotSide("charbot serial", serial, Scheduler(1), settings),
+                 CharbotSide(f"charbot parallel={args.parallel}", batched, Scheduler(args.parallel), settings),
+                 PeerSide(f"llama-server --parallel {args.parallel}", server, args.max_tokens)]
+        for side in sides:  # untimed: first-use costs out of the way
+            await side.burst(*prompts(1, "warm"))
+        results: dict[int, dict[str, list[list[Sample]]]] = {}
+        for n in sizes:
+            results[n] = {side.name: [] for side in sides}
+            for r in range(math.ceil(args.samples / n)):
+                for side in sides:  # interleaved: each round, every side gets the same prompts
+                    results[n][side.name].append(await side.burst(*prompts(n, f"n{n}r{r}")))
+                print(f"  N={n} round {r + 1} done", file=sys.stderr, flush=True)
+    prompt_tokens = len(prompts(1, "x")[1][0])
+    for b in (serial, batched):
+        await b.aclose()
+    ceiling = {n: n / measure(model, n, args.threads)[1] for n in sizes}  # tok/s with every prompt already read
     load_after = os.getloadavg()
-    s, b = summarise(serial), summarise(batched)
-    single = s[sizes[0]][2]
-    print()
-    print(f"model {model.name}, max {args.max_tokens} new tokens, {args.rounds} rounds per N, threads {args.threads or os.cpu_count()}, "
-          f"{os.cpu_count()} cores, load average {load[0]:.1f} before / {load_after[0]:.1f} after")
-    print(f"| N | serial p50 | serial p95 | serial tok/s | parallel={args.parallel} p50 | p95 | tok/s | tok/s vs single-stream |")
-    print("|---|---|---|---|---|---|---|---|")
+
+    print(f"model {model.name}; greedy, exactly {args.max_tokens} tokens per request; prompts "
+          f"{prompt_tokens} tokens; threads {args.threads}; {os.cpu_count()} cores; load {load[0]:.1f} → {load_after[0]:.1f}")
+    names = [s.name for s in sides]
+    print("| N | side | requests | p50 | p95 | prefill p50 | decode ms/tok | aggregate tok/s | of ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    table = {n: {name: summary(results[n][name]) for name in names} for n in sizes}
     for n in sizes:
-        print(f"| {n} | {s[n][0]:.2f} s | {s[n][1]:.2f} s | {s[n][2]:.1f} | {b[n][0]:.2f} s | {b[n][1]:.2f} s | {b[n][2]:.1f} | {b[n][2] / single:.2f}x |")
-    if 1 in s and 8 in s:
-        print(f"N=8 p95 / N=1 latency (parallel): {b[8][1] / b[1][0]:.2f} (target <= 2); "
-              f"aggregate tok/s at N=8 / single-stream: {b[8][2] / single:.2f} (target >= 3)")
-        print(f"serial at N=8: p95 / N=1 {s[8][1] / s[1][0]:.2f}; batched p95 at N=8 vs serial p95 at N=8: {b[8][1] / s[8][1]:.2f}")
+        for name in names:
+            t = table[n][name]
+            print(f"| {n} | {name} | {t['n']} | {t['p50']:.2f} s | {t['p95']:.2f} s | {t['ttft'] * 1000:.0f} ms | "
+                  f"{t['decode_ms']:.1f} | {t['tok_s']:.1f} | {t['tok_s'] / ceiling[n]:.2f} |")
+    print()
+    print(f"| N | decode-step ceiling tok/s | charbot/llama-server aggregate tok/s | charbot/llama-server p95 |")
+    print("|---|---|---|---|")
+    ours, peer = names[1], names[2]
+    for n in sizes:
+        a, b = table[n][ours], table[n][peer]
+        print(f"| {n} | {ceiling[n]:.1f} | {a['tok_s'] / b['tok_s']:.2f}x | {a['p95'] / b['p95']:.2f}x |")
+    if 8 in table:
+        a, b = table[8][ours], table[8][peer]
+        print(f"N=8: charbot/llama-server aggregate tok/s {a['tok_s'] / b['tok_s']:.2f} (target >= 1.0), "
+              f"p95 {a['p95'] / b['p95']:.2f} (target <= 1.1)")
 
 
 async def soak(args) -> None:
@@ -145,7 +180,7 @@ async def soak(args) -> None:
         guild = state.add_guild(channels=tuple(f"room{i}" for i in range(channels_n)))
         channels = [state.channel(guild, f"room{i}") for i in range(channels_n)]
         users = [state.user(f"sailor{i}") for i in range(channels_n)]
-        backend = ScriptedBackend(respond=lambda p: "Aye, the lamp is lit and the sea is calm tonight.")
+        backend = ScriptedBackend(respond=lambda p: "Aye, the lamp is lit and the sea is calm tonight.", parallel=8)
         async with running_bot(fake, backend, tmp / "soak.db", discord_max_queue=1000, discord_max_inflight=8,
                                max_messages_per_conversation=40, prune_interval=1.0) as bot:
             mention = dict(guild=guild, mentions=[fake.state.bot_user])
@@ -186,8 +221,8 @@ async def soak(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parallel", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--samples", type=int, default=20, help="requests per point at least (a p95 needs >= 20)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--sizes", default="1,4,8,16", help="channel counts N, comma-separated")
     ap.add_argument("--soak", type=int, default=0, help="run the RSS soak with this many messages instead")

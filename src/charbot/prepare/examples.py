@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from charbot.rendering import merged_turns, speaker_text
+
 SPLITS = ("train", "val")
 
 
@@ -29,22 +31,18 @@ def to_messages(system: str, character: str, context: list[Line], target: Line) 
     user turn or that has two assistant turns in a row, so leading/trailing own lines are left out.
     Returns None when no other speaker precedes the line (nothing to answer).
     """
-    turns: list[list[str]] = []
-    for line in context:
-        role = "assistant" if line.speaker == character else "user"
-        content = line.text if role == "assistant" else f"{line.speaker}: {line.text}"
-        if turns and turns[-1][0] == role:
-            turns[-1][1] += "\n" + content
-        else:
-            turns.append([role, content])
-    while turns and turns[0][0] == "assistant":
+    # Named and joined by the same rules serving uses (rendering.py), so a model trains on what it is sent.
+    turns = merged_turns(
+        ("assistant", line.text) if line.speaker == character else ("user", speaker_text(line.text, line.speaker)) for line in context
+    )
+    while turns and turns[0].role == "assistant":
         turns.pop(0)
-    if turns and turns[-1][0] == "assistant":
+    if turns and turns[-1].role == "assistant":
         turns.pop()
     if not turns:
         return None
     messages = [{"role": "system", "content": system}]
-    messages += [{"role": r, "content": c} for r, c in turns]
+    messages += [{"role": t.role, "content": t.content} for t in turns]
     messages.append({"role": "assistant", "content": target.text})
     return messages
 
