@@ -1,7 +1,8 @@
 """Reply latency through charbot's remote backend vs calling the same server directly with the same client.
 
-Both paths use one AsyncInferenceClient configuration, the same messages and the same parameters (greedy, fixed
-seed, so both generate the same tokens: checked), alternating A/B then B/A each round. Prints medians, means,
+Both paths use the same `openai.AsyncOpenAI` configuration (the backend's one client, and one made here), the same
+messages and the same parameters (greedy, fixed seed, so both generate the same tokens: checked), alternating A/B
+then B/A each round. Prints medians, means,
 and the overhead of the backend (target <= 5%), for complete() and for stream() (time to the whole reply).
 
     python benchmarks/bench_remote.py [--rounds 30] [--max-tokens 24] [--base-url http://host:port/v1]
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from huggingface_hub import AsyncInferenceClient
+from openai import AsyncOpenAI
 
 from charbot.backends.base import Message, Prompt
 from charbot.backends.remote import RemoteBackend
@@ -53,16 +54,21 @@ def direct_params(model: str, max_tokens: int) -> dict:
     return dict(model=model, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=SEED)
 
 
-async def direct(client: AsyncInferenceClient, model: str, max_tokens: int) -> str:
-    out = await client.chat_completion([{"role": m.role, "content": m.content} for m in MESSAGES], **direct_params(model, max_tokens))
+def messages() -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in MESSAGES]
+
+
+async def direct(client: AsyncOpenAI, model: str, max_tokens: int) -> str:
+    out = await client.chat.completions.create(messages=messages(), **direct_params(model, max_tokens))
     return out.choices[0].message.content
 
 
-async def direct_stream(client: AsyncInferenceClient, model: str, max_tokens: int) -> str:
-    chunks = await client.chat_completion(
-        [{"role": m.role, "content": m.content} for m in MESSAGES], stream=True, **direct_params(model, max_tokens)
-    )
-    return "".join([c.choices[0].delta.content async for c in chunks if c.choices and c.choices[0].delta.content])
+async def direct_stream(client: AsyncOpenAI, model: str, max_tokens: int) -> str:
+    chunks = await client.chat.completions.create(messages=messages(), stream=True, **direct_params(model, max_tokens))
+    try:
+        return "".join([c.choices[0].delta.content async for c in chunks if c.choices and c.choices[0].delta.content])
+    finally:
+        await chunks.close()
 
 
 def summary(name: str, ours: list[float], theirs: list[float]) -> float:
@@ -78,7 +84,7 @@ async def run(base_url: str, rounds: int, max_tokens: int) -> int:
     settings = GenerationSettings(max_new_tokens=max_tokens, do_sample=False, seed=SEED, no_repeat_ngram_size=0)
     backend = RemoteBackend(base_url=base_url, timeout=60)
     await backend.load()
-    client = AsyncInferenceClient(base_url=base_url, timeout=60)
+    client = AsyncOpenAI(base_url=backend.base_url, api_key="EMPTY", timeout=60, max_retries=0)  # as the backend makes its own
     model = backend.model_id
 
     a, b = await via_backend(backend, settings), await direct(client, model, max_tokens)

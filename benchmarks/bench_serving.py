@@ -1,9 +1,11 @@
 """Many conversations at once: charbot's llama.cpp backend against llama.cpp's own server, same work, one run.
 
 Three servers of the same GGUF on this box, interleaved burst by burst so drift in machine speed hits all alike:
-- **charbot serial**: `parallel=1`, the scheduler admitting one generation at a time (the tutorial's one blocking
-  call at a time);
+- **charbot one at a time**: the scheduler admitting one generation at a time (the tutorial's one blocking call at
+  a time; charbot's default, `parallel=1`);
 - **charbot parallel=P**: continuous batching over P sequences (the scheduler admits P);
+Both charbot sides are one backend in this process: two llama.cpp contexts driven from two threads in one process
+slowed each other's decode steps about 2x here, an artefact no charbot process has (it runs one model).
 - **llama-server --parallel P**: llama.cpp's server with continuous batching (benchmarks/llama_server_peer.py),
   reached over loopback HTTP, as a user who runs it instead of charbot would.
 
@@ -89,6 +91,14 @@ class PeerSide:
         return [Sample(r.ttft_s, r.total_s, r.tokens) for r in records]
 
 
+async def settled(limit: float = 3.0) -> None:
+    """Until the machine is idle again (busy-waiting threads of the side that ran last have gone to sleep), so
+    a side never runs while another's threads still spin; at most `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and await asyncio.to_thread(psutil.cpu_percent, 0.1) > 25:
+        pass
+
+
 def summary(samples: list[list[Sample]]) -> dict[str, float]:
     flat = [s for burst in samples for s in burst]
     decode = [(s.total - s.ttft) / max(1, s.tokens - 1) for s in flat]
@@ -113,10 +123,8 @@ async def serving(args) -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
     model = embedded_model_path()
     settings = GenerationSettings(max_new_tokens=args.max_tokens, do_sample=False, no_repeat_ngram_size=0, ignore_eos=True)
-    serial = LlamaCppBackend(model, context_window=2048, threads=args.threads, parallel=1)
     batched = LlamaCppBackend(model, context_window=2048, threads=args.threads, parallel=args.parallel)
-    for b in (serial, batched):
-        await b.load()
+    await batched.load()
     engine = Engine(batched, MemoryStore(Path(tempfile.mkdtemp()) / "prompts.db"), load_card(sample_card_path()), settings)
 
     def prompts(n: int, tag: str):
@@ -126,7 +134,7 @@ async def serving(args) -> None:
 
     load = os.getloadavg()
     async with LlamaServer(model, parallel=args.parallel, ctx_per_slot=2048, threads=args.threads) as server:
-        sides = [CharbotSide("charbot serial", serial, Scheduler(1), settings),
+        sides = [CharbotSide("charbot one at a time", batched, Scheduler(1), settings),
                  CharbotSide(f"charbot parallel={args.parallel}", batched, Scheduler(args.parallel), settings),
                  PeerSide(f"llama-server --parallel {args.parallel}", server, args.max_tokens)]
         for side in sides:  # untimed: first-use costs out of the way
@@ -135,12 +143,13 @@ async def serving(args) -> None:
         for n in sizes:
             results[n] = {side.name: [] for side in sides}
             for r in range(math.ceil(args.samples / n)):
-                for side in sides:  # interleaved: each round, every side gets the same prompts
+                # interleaved, each round starting with another side: every side gets the same prompts
+                for side in sides[r % len(sides):] + sides[: r % len(sides)]:
+                    await settled()
                     results[n][side.name].append(await side.burst(*prompts(n, f"n{n}r{r}")))
                 print(f"  N={n} round {r + 1} done", file=sys.stderr, flush=True)
     prompt_tokens = len(prompts(1, "x")[1][0])
-    for b in (serial, batched):
-        await b.aclose()
+    await batched.aclose()
     ceiling = {n: n / measure(model, n, args.threads)[1] for n in sizes}  # tok/s with every prompt already read
     load_after = os.getloadavg()
 

@@ -11,6 +11,7 @@ import sys
 import urllib.request
 
 import pytest
+from pydantic import SecretStr
 
 from charbot.backends.base import Message, Prompt
 from charbot.backends.remote import RemoteBackend
@@ -103,13 +104,16 @@ async def test_raw_text_goes_to_v1_completions(via_proxy, proxy):
 
 
 async def test_generation_settings_reach_the_server(via_proxy, proxy):
-    settings = GenerationSettings(max_new_tokens=5, temperature=0.6, top_k=40, top_p=0.9, seed=3, repetition_penalty=1.2).with_stop("\nUser:", "\nOrla:")
+    settings = GenerationSettings(max_new_tokens=5, temperature=0.6, top_k=40, top_p=0.9, seed=3, repetition_penalty=1.2, ignore_eos=True).with_stop(
+        "\nUser:", "\nOrla:", "\nA:", "\nB:", "\nC:"
+    )
     await via_proxy.complete(HELLO, settings)
     body = proxy.requests[-1].json()
     assert body["model"] == via_proxy.model_id
     assert body["messages"][1] == {"role": "user", "content": "Hello, who are you?"}
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (5, 0.6, 0.9, 3)
-    assert (body["top_k"], body["repetition_penalty"], body["stop"]) == (40, 1.2, ["\nUser:", "\nOrla:"])
+    assert (body["top_k"], body["repetition_penalty"], body["ignore_eos"]) == (40, 1.2, True)
+    assert body["stop"] == ["\nUser:", "\nOrla:", "\nA:", "\nB:"]  # at most 4: OpenAI-style servers reject more
 
 
 # --- faults ----------------------------------------------------------------------------------------
@@ -286,18 +290,32 @@ def test_cli_reports_a_server_failure_in_one_line(proxy, tmp_path):
     assert len(errors) == 1 and "410" in errors[0] and "router.huggingface.co" in errors[0]
 
 
-async def test_stream_clients_are_rotated_and_closed(llama_server, monkeypatch):
-    monkeypatch.setattr("charbot.backends.remote.STREAMS_PER_CLIENT", 2)
-    backend = backend_for(llama_server.base_url, model="m")
-    for _ in range(2):
-        assert "".join([p async for p in backend.stream(HELLO, SHORT)]).strip()
-    first = backend._streamer
-    assert first is not None and not first._async_client.is_closed
-    assert "".join([p async for p in backend.stream(HELLO, SHORT)]).strip()
-    assert backend._streamer is not first and first._async_client.is_closed  # retired once its streams ended
-    assert list(backend._streams_open.values()) == [0]
+async def test_a_stream_left_early_is_closed_and_the_client_serves_on(via_proxy, proxy):
+    stream = via_proxy.stream(HELLO, GenerationSettings(max_new_tokens=64, ignore_eos=True))
+    assert await anext(stream)
+    await stream.aclose()
+    # The server hears the hang-up at once instead of generating the other pieces for nobody.
+    [left] = await proxy.wait_ended()
+    assert left.outcome == "client left", left
+    assert (await streamed_text(via_proxy)).strip() and (await complete_text(via_proxy)).strip()
+
+
+@pytest.mark.parametrize(
+    "model, provider, asked",
+    [("org/model:novita", None, "org/model:novita"), ("org/model:novita", "together", "org/model:together"), ("org/model", "auto", "org/model")],
+)
+async def test_hf_router_gets_model_colon_provider_the_token_and_only_openai_parameters(proxy, monkeypatch, model, provider, asked):
+    monkeypatch.setattr("charbot.backends.remote.HF_ROUTER_URL", proxy.base_url)
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-not-for-hf")
+    backend = RemoteWithHistory(model=model, provider=provider, token=SecretStr("hf_router_token"), timeout=TIMEOUT)
+    settings = GenerationSettings(max_new_tokens=4, top_k=40, repetition_penalty=1.2, ignore_eos=True)
+    assert (await backend.complete(HELLO, settings)).text.strip()
+    [request] = proxy.requests
+    body, headers = request.json(), {k.lower(): v for k, v in request.headers.items()}
+    assert request.path == "/v1/chat/completions" and body["model"] == asked
+    assert not {"top_k", "repetition_penalty", "ignore_eos"} & set(body)  # providers may reject what is not OpenAI's
+    assert headers["authorization"] == "Bearer hf_router_token" and "openai-organization" not in headers
     await backend.aclose()
-    assert backend._streams_open == {}
 
 
 async def test_engine_over_remote_keeps_memory_consistent_across_a_fault(proxy, isolated_env):
