@@ -132,36 +132,39 @@ class LlamaWorker(ModelWorker):
                 self._finish(slot, "cancelled")
             elif slot.follow is not None:
                 self._catch_up(slot)
-        n, rows = self._fill_batch()
-        if n == 0:
+        # Generating sequences and prompts are decoded apart: llama.cpp splits a batch that spans several KV
+        # streams into micro-batches with as many tokens of each sequence, so one generating sequence's single
+        # token next to seven prompts would cut their reading into one-token steps (2-3x slower prefill here).
+        generating = [(slot, [slot.next_token]) for slot in self.slots.values() if slot.next_token is not None]
+        self._decode(generating)
+        room = self.m.n_batch
+        reading = []
+        for slot in self.slots.values():
+            if slot.pending and room > 0:
+                take = slot.pending[:room]
+                del slot.pending[: len(take)]
+                reading.append((slot, take))
+                room -= len(take)
+        self._decode(reading)
+
+    def _decode(self, work: list[tuple[_Slot, list[int]]]) -> None:
+        """Decode each slot's tokens in one batch, then sample the slots whose last token needs a successor."""
+        if not work:
             return
-        self.most_sequences = max(self.most_sequences, len(self.slots))
+        n, rows = 0, []
+        for slot, tokens in work:
+            for i, token in enumerate(tokens):
+                wants = i == len(tokens) - 1 and not slot.pending  # a generated token, or a prompt's last
+                self.m.put(n, token, slot.pos, slot.seq, wants)
+                if wants:
+                    rows.append((n, slot))
+                slot.pos += 1
+                n += 1
+        self.most_sequences = max(self.most_sequences, len(work))
         self.m.decode(n)
         self._remember_prefix()
         for index, slot in rows:
             self._sample(index, slot)
-
-    def _fill_batch(self) -> tuple[int, list[tuple[int, _Slot]]]:
-        """Put one token of every generating sequence, then prompt tokens, into the batch: (tokens in the batch,
-        the rows whose logits will be sampled)."""
-        n, rows = 0, []
-        for slot in self.slots.values():
-            if slot.next_token is not None and n < self.m.n_batch:
-                self.m.put(n, slot.next_token, slot.pos, slot.seq, True)
-                rows.append((n, slot))
-                slot.pos += 1
-                n += 1
-        for slot in self.slots.values():
-            take = min(len(slot.pending), self.m.n_batch - n)
-            for i, token in enumerate(slot.pending[:take]):
-                last = i == len(slot.pending) - 1
-                self.m.put(n, token, slot.pos, slot.seq, last)
-                if last:
-                    rows.append((n, slot))
-                slot.pos += 1
-                n += 1
-            del slot.pending[:take]
-        return n, rows
 
     def _remember_prefix(self) -> None:
         if self._new_prefix is None:

@@ -118,7 +118,7 @@ class TransformersWorker(ModelWorker):
         return len(self.batch)
 
     def admit(self) -> None:
-        if self.batch:
+        if self.batch or not self.waiting:
             return
         first = self.waiting.popleft()
         batch = [first]

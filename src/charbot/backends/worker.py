@@ -1,10 +1,11 @@
 """A model in this process, owned by one worker thread.
 
 The event loop never touches the model: `generate` queues a request and awaits what the thread hands back
-(text pieces, then one Completion). Each local backend fills three hooks of `ModelWorker` — `admit` (move
-waiting requests into work, under the lock), `step` (advance the work: one decode step, or one whole batch) and
-`running` — and gets queueing, cancellation, shutdown and error delivery from here. `WorkerBackend` builds
-`complete` and `stream` from that one generator.
+(text pieces, then one Completion). The prompt is rendered and tokenized on the worker thread too, so a long
+prompt never stalls the event loop, and a burst of requests reaches the worker at once. Each local backend
+fills the hooks of `ModelWorker` — `admit` (move `waiting` requests into work), `step` (advance the work: one
+decode step, or one whole batch), `running` and `drop_running` — and gets queueing, cancellation, shutdown and
+error delivery from here. `WorkerBackend` builds `complete` and `stream` from that one generator.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from charbot.backends.base import Backend, Completion, Prompt
@@ -26,13 +27,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class Request:
-    """One generation handed to the worker thread: prompt tokens in, pieces and a Completion out."""
+    """One generation handed to the worker thread: a prompt in (`encode` gives its tokens, on the worker
+    thread), pieces and a Completion out."""
 
-    tokens: list[int]
+    encode: Callable[[], list[int]]
     settings: GenerationSettings
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: list[int] = field(default_factory=list)
 
     def emit(self, item: str | Completion | BaseException) -> None:
         """Called from the worker thread: hands `item` to the waiting coroutine."""
@@ -42,7 +45,8 @@ class Request:
 class ModelWorker(abc.ABC):
     def __init__(self, name: str):
         self.name = name
-        self.waiting: deque[Request] = deque()
+        self.inbox: deque[Request] = deque()  # submitted by the event loop, guarded by `cond`
+        self.waiting: deque[Request] = deque()  # tokenized, not yet admitted: the worker thread's own
         self.cond = threading.Condition()
         self.closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -54,7 +58,7 @@ class ModelWorker(abc.ABC):
 
     @abc.abstractmethod
     def admit(self) -> None:
-        """Move requests from `waiting` into work. Called with `cond` held."""
+        """Move requests from `waiting` into work."""
 
     @abc.abstractmethod
     def step(self) -> None:
@@ -73,17 +77,17 @@ class ModelWorker(abc.ABC):
 
     @property
     def active(self) -> int:
-        with self.cond:
-            return len(self.waiting) + self.running()
+        """Requests submitted and not finished (read from any thread: a snapshot)."""
+        return len(self.inbox) + len(self.waiting) + self.running()
 
-    async def generate(self, tokens: list[int], settings: GenerationSettings) -> AsyncIterator[str | Completion]:
+    async def generate(self, encode: Callable[[], list[int]], settings: GenerationSettings) -> AsyncIterator[str | Completion]:
         """Pieces of text as they are generated, then the Completion. A consumer that stops early cancels the
         request: the worker frees its place at its next step."""
-        req = Request(tokens, settings, asyncio.get_running_loop(), asyncio.Queue())
+        req = Request(encode, settings, asyncio.get_running_loop(), asyncio.Queue())
         with self.cond:
             if self.closed:
                 raise BackendError(f"the {self.name} model is closed")
-            self.waiting.append(req)
+            self.inbox.append(req)
             self.cond.notify()
         try:
             while True:
@@ -116,17 +120,28 @@ class ModelWorker(abc.ABC):
             self.free()
 
     def _next(self) -> bool:
-        """Wait for work; admit it. False once closed."""
+        """Wait for work, tokenize what arrived, admit. False once closed."""
         with self.cond:
-            while not self.closed and not self.waiting and not self.running():
+            while not self.closed and not self.inbox and not self.waiting and not self.running():
                 self.cond.wait()
-            if self.closed:
-                self.drop_running(BackendError(f"the {self.name} model was closed"))
-                while self.waiting:
-                    self.waiting.popleft().emit(BackendError(f"the {self.name} model was closed"))
-                return False
-            self.admit()
-            return True
+            arrived = list(self.inbox)
+            self.inbox.clear()
+            closed = self.closed
+        if closed:
+            error = BackendError(f"the {self.name} model was closed")
+            self.drop_running(error)
+            for req in (*self.waiting, *arrived):
+                req.emit(error)
+            return False
+        for req in arrived:
+            try:
+                req.tokens = req.encode()
+            except Exception as exc:  # a prompt the template refuses fails that request alone
+                req.emit(exc)
+                continue
+            self.waiting.append(req)
+        self.admit()
+        return True
 
 
 class WorkerBackend(Backend):
@@ -151,7 +166,7 @@ class WorkerBackend(Backend):
     async def _generate(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Completion]:
         if self.worker is None:
             raise BackendError(f"the {self.name} model is not loaded yet", "call load() first")
-        async for item in self.worker.generate(self.prompt_tokens(prompt), settings):
+        async for item in self.worker.generate(lambda: self.prompt_tokens(prompt), settings):
             yield item
 
     async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Completion:
