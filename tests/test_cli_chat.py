@@ -23,7 +23,8 @@ def run_chat(args, stdin, env_dir, extra_env=None, timeout=120):
 def test_piped_chat_replies_in_character_and_remembers(tmp_path):
     # What the engine says when the model produced nothing usable: a reply equal to it was not generated.
     fallback = "FALLBACK-REPLY-SENTINEL-3c9a"
-    out = run_chat(["--max-new-tokens", "32"], "Hello\nWho are you?\n", tmp_path, {"CHARBOT_FALLBACK_REPLY": fallback})
+    # seeded: the same sampled replies on every run, so "several words" is a fact about them, not a coin toss
+    out = run_chat(["--max-new-tokens", "32", "--seed", "7"], "Hello\nWho are you?\n", tmp_path, {"CHARBOT_FALLBACK_REPLY": fallback})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2

@@ -3,9 +3,10 @@
 One worker thread owns the model (llamacpp_model.py). Each step it decodes one batch made of (a) the next token
 of every sequence that is generating and (b) prompt tokens of newly admitted sequences, up to `n_batch`, so a
 long prompt never stalls the others for more than a step. `parallel` sequences run at once (1 by default: one
-conversation at a time, as the tutorial served). A prompt that shares its start with the previous one (the
-persona's system prompt and the conversation so far, in practice) copies those KV cells instead of reading them
-again, and a burst of prompts for one persona reads the shared part once.
+conversation at a time, as the tutorial served). A finished sequence keeps its KV cells: a new prompt goes to
+the free sequence whose cells share the longest start with it (the persona's system prompt, or the whole
+conversation so far when its next turn comes) and reads only the rest; a burst of prompts that share more with
+each other than with any kept sequence reads the shared part once and copies it.
 """
 
 from __future__ import annotations
@@ -66,9 +67,7 @@ class LlamaWorker(ModelWorker):
         self.m = model
         self.parallel = parallel
         self.n_ctx_per_seq = n_ctx_per_seq
-        self.prefix_seq = parallel  # an extra sequence holding the last prompt, for prefix reuse
-        self.prefix_tokens: list[int] = []
-        self._new_prefix: tuple[int, list[int]] | None = None
+        self.kept: dict[int, list[int]] = {}  # the tokens each free sequence's KV cells still hold
         self.slots: dict[int, _Slot] = {}
         self.most_sequences = 0  # the most sequences one decode step has carried (batching observed)
 
@@ -82,21 +81,33 @@ class LlamaWorker(ModelWorker):
                 self._admit(req)
 
     def _admit(self, req: Request) -> None:
-        seq = next(s for s in range(self.parallel) if s not in self.slots)
-        self.m.clear(seq)
         s = req.settings
         tokens = req.tokens[-(self.n_ctx_per_seq - s.max_new_tokens - 1) :]
+        seq, kept = self._best_free(tokens)
         seed = s.seed if s.seed is not None else random.getrandbits(31)
         slot = _Slot(seq, req, self.m.sampler(s, seed), tokens)
-        # A burst of requests for one persona shares its system prompt: decode it once (in the first one's
-        # sequence) and copy the cells, rather than once per request.
+        # A burst of requests for one persona shares its system prompt: when no kept sequence holds it yet,
+        # decode it once (in the first one's sequence) and copy the cells, rather than once per request.
         leader, shared = self._leader_for(tokens)
-        if leader is not None and shared >= _common(tokens, self.prefix_tokens) + MIN_SHARED:
+        if leader is not None and shared >= kept + MIN_SHARED:
+            self.m.clear(seq)
             slot.follow = (leader, shared)
         else:
-            self._start_from_cache(slot)
+            self._resume(slot, kept)
+        self.kept.pop(seq, None)
         self.slots[seq] = slot
-        self._new_prefix = (seq, tokens)  # the next prompt will most likely share this one's start
+
+    def _best_free(self, tokens: list[int]) -> tuple[int, int]:
+        """The free sequence whose kept cells share the longest start with `tokens`, and that length."""
+        shared = {s: _common(tokens, self.kept.get(s, [])) for s in range(self.parallel) if s not in self.slots}
+        seq = max(shared, key=lambda s: (shared[s], -s))
+        return seq, shared[seq]
+
+    def _resume(self, slot: _Slot, keep: int) -> None:
+        """Keep the first `keep` positions the slot's sequence holds; the rest of the prompt is read."""
+        self.m.clear(slot.seq, keep)
+        slot.pos = keep
+        slot.pending = slot.prompt[keep:]
 
     def _leader_for(self, tokens: list[int]) -> tuple[_Slot | None, int]:
         """The sequence still reading a prompt that shares the longest prefix with `tokens`."""
@@ -108,18 +119,11 @@ class LlamaWorker(ModelWorker):
                     best, shared = slot, n
         return best, shared
 
-    def _start_from_cache(self, slot: _Slot) -> None:
-        common = _common(slot.prompt, self.prefix_tokens)
-        if common > 0:
-            self.m.copy(self.prefix_seq, slot.seq, common)
-        slot.pos = common
-        slot.pending = slot.prompt[common:]
-
     def _catch_up(self, slot: _Slot) -> None:
         leader, shared = slot.follow
         if self.slots.get(leader.seq) is not leader:  # the leader went away (cancelled): read the prompt alone
             slot.follow = None
-            self._start_from_cache(slot)
+            self._resume(slot, 0)
         elif leader.pos >= shared:
             self.m.copy(leader.seq, slot.seq, shared)
             slot.follow = None
@@ -162,19 +166,8 @@ class LlamaWorker(ModelWorker):
                 n += 1
         self.most_sequences = max(self.most_sequences, len(work))
         self.m.decode(n)
-        self._remember_prefix()
         for index, slot in rows:
             self._sample(index, slot)
-
-    def _remember_prefix(self) -> None:
-        if self._new_prefix is None:
-            return
-        seq, tokens = self._new_prefix
-        slot = self.slots.get(seq)
-        if slot is not None and not slot.reading:
-            self.m.copy(seq, self.prefix_seq, len(tokens))
-            self.prefix_tokens = tokens
-            self._new_prefix = None
 
     def _sample(self, index: int, slot: _Slot) -> None:
         s = slot.req.settings
@@ -207,14 +200,18 @@ class LlamaWorker(ModelWorker):
         slot.req.emit(Completion(slot.text, slot.generated, len(slot.req.tokens), reason))
 
     def _release(self, slot: _Slot) -> None:
+        """Free the slot; its sequence keeps the cells it decoded for the next prompt that starts alike."""
         self.m.free_sampler(slot.sampler)
-        self.m.clear(slot.seq)
+        self.kept[slot.seq] = (slot.prompt + slot.ngrams.tokens)[: slot.pos]
         self.slots.pop(slot.seq, None)
 
     def drop_running(self, error: BaseException) -> None:
         for slot in list(self.slots.values()):
             self._release(slot)
             slot.req.emit(error)
+        for seq in range(self.parallel):  # after a failed decode no cell is trusted
+            self.m.clear(seq)
+        self.kept.clear()
 
     def free(self) -> None:
         self.m.free()
@@ -238,8 +235,7 @@ class LlamaCppBackend(WorkerBackend):
                    parallel=settings.parallel or cls.default_parallel)
 
     def open_model(self) -> LlamaWorker:
-        # parallel sequences plus one that keeps the last prompt for prefix reuse
-        model = LlamaModel(self.model_path, n_seq=self.parallel + 1, n_ctx_per_seq=self.context_window, threads=self.threads)
+        model = LlamaModel(self.model_path, n_seq=self.parallel, n_ctx_per_seq=self.context_window, threads=self.threads)
         self._model = model
         self.eos_token = model.eos_text
         if model.chat_template:
