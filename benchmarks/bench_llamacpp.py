@@ -1,10 +1,11 @@
 """Single-stream generation: charbot's llama.cpp backend vs raw llama-cpp-python (its high-level `Llama`).
 
-Identical work on both sides: the same GGUF, threads and context size; the same prompts, as token ids (the engine's
-prompt for a fresh conversation, one question per round, so both reuse the persona's cached prefix alike); greedy
-decoding with the end-of-generation tokens banned, so every reply is exactly --max-tokens tokens. Rounds alternate,
-so drift in machine speed hits both alike. Prefill (time to the first token) and decode (time per later token)
-are reported separately, with their ratios. Then a fresh process to the first reply token.
+Identical work on both sides: the same GGUF, threads and context size; the same prompts (the engine's prompt for a
+fresh conversation, one question per round, so both reuse the persona's cached prefix alike; each side checks it
+reads the same token ids); greedy decoding with the end-of-generation tokens banned, so every reply is exactly
+--max-tokens tokens. Each side runs in a process of its own (benchmarks/side_process.py says why) and rounds
+alternate, so drift in machine speed hits both alike. Prefill (time to the first token) and decode (time per
+later token) are reported separately, with their ratios. Then a fresh process to the first reply token.
 
     python benchmarks/bench_llamacpp.py [--rounds 20] [--max-tokens 64] [--threads N]
 
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from side_process import Side
+
 from charbot.backends.base import Prompt
 from charbot.backends.llamacpp import LlamaCppBackend
 from charbot.engine import Engine
@@ -31,6 +34,7 @@ from charbot.generation import GenerationSettings
 from charbot.memory import MemoryStore
 from charbot.models import embedded_model_path
 from charbot.persona import load_card
+from charbot.rendering import prompt_text
 
 QUESTIONS = [
     "Tell me about the worst storm you ever saw.", "What do you do when the fog rolls in?", "Who was keeper before you?",
@@ -41,28 +45,6 @@ QUESTIONS = [
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
-async def charbot_round(backend: LlamaCppBackend, prompt: Prompt, settings: GenerationSettings) -> tuple[float, float, int, str]:
-    start = time.perf_counter()
-    first, text, n = None, "", 0
-    async for piece in backend.stream(prompt, settings):
-        first = first or time.perf_counter()
-        text += piece
-    done = time.perf_counter()
-    n = backend.count_tokens(text)
-    return first - start, done - start, n, text
-
-
-def raw_round(llm, tokens: list[int], settings: GenerationSettings, bias: dict[int, float]) -> tuple[float, float, int, str]:
-    start = time.perf_counter()
-    first, text, n = None, "", 0
-    for chunk in llm.create_completion(prompt=tokens, max_tokens=settings.max_new_tokens, temperature=0.0, repeat_penalty=1.0,
-                                       logit_bias=bias, stream=True):
-        first = first or time.perf_counter()
-        text += chunk["choices"][0]["text"]
-        n += 1
-    return first - start, time.perf_counter() - start, n, text
 
 
 FIRST_TOKEN_CHILD = r"""
@@ -106,30 +88,32 @@ async def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    from llama_cpp import Llama
-
     tmp = tempfile.mkdtemp()
-    settings = GenerationSettings(max_new_tokens=args.max_tokens, do_sample=False, no_repeat_ngram_size=0, ignore_eos=True)
-    backend = LlamaCppBackend(embedded_model_path(), context_window=2048, threads=args.threads)
-    engine = Engine(backend, MemoryStore(os.path.join(tmp, "bench.db")), load_card(sample_card_path()), settings)
-    await engine.warm_up()
-    llm = Llama(str(embedded_model_path()), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-    bias = {t: float("-inf") for t in backend._model.eog_tokens}  # as ignore_eos does on charbot's side
-
-    ours, raw = [], []
+    gguf = embedded_model_path()
+    # The prompts are rendered and tokenized here, with the model's vocabulary only; the sides generate.
+    backend = LlamaCppBackend(gguf, context_window=2048, threads=1)
+    engine = Engine(backend, MemoryStore(os.path.join(tmp, "bench.db")), load_card(sample_card_path()), GenerationSettings())
+    await backend.load()
+    prompts = []
     for i in range(args.rounds):
-        prompt = engine.build_prompt(f"bench-{i}", QUESTIONS[i % len(QUESTIONS)])[0].prompt
-        tokens = backend.prompt_tokens(prompt)
-        ours.append(await charbot_round(backend, prompt, settings))
-        raw.append(raw_round(llm, tokens, settings, bias))
+        text = prompt_text(engine.build_prompt(f"bench-{i}", QUESTIONS[i % len(QUESTIONS)])[0].prompt, backend.template)
+        prompts.append((text, backend.prompt_tokens(Prompt(text=text))))
+    await backend.aclose()
+
+    sides = [await Side.start("charbot", gguf, args.threads), await Side.start("raw", gguf, args.threads)]
+    ours, raw = [], []
+    for text, tokens in prompts:  # alternating, so drift in machine speed hits both alike
+        ours.append(await sides[0].run(text, tokens, args.max_tokens))
+        raw.append(await sides[1].run(text, tokens, args.max_tokens))
+    for side in sides:
+        await side.stop()
     same = sum(a[3] == b[3] for a, b in zip(ours, raw))
     print(f"single stream, {args.rounds} alternating rounds, greedy, exactly {args.max_tokens} tokens each, prompts of "
-          f"{len(backend.prompt_tokens(prompt))} tokens, threads {args.threads}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+          f"{len(prompts[-1][1])} tokens, threads {args.threads}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     a_pre, a_dec = report("charbot backend", ours)
     b_pre, b_dec = report("raw llama-cpp-python", raw)
     print(f"  same text in {same}/{args.rounds} rounds")
     print(f"  ratio charbot/raw: decode tok/s {b_dec / a_dec:.3f} (target >= 0.95), prefill time {a_pre / b_pre:.2f}")
-    await backend.aclose()
 
     ft = [first_token(tmp) for _ in range(3)]
     med = {k: statistics.median(r[k] for r in ft) for k in ft[0]}
