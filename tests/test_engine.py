@@ -117,3 +117,19 @@ async def test_ask_is_one_off(store, sample_card):
     assert [m.content for m in backend.prompts[-1].messages[-1:]] == ["Sam: Do you like tea?"]
     assert len(backend.prompts[-1].messages) == 3  # system, greeting, the question: no history
     assert store.count_messages() == 2  # only the first exchange is remembered
+
+
+async def test_ask_takes_the_callers_history_and_sampling_and_remembers_nothing(store, sample_card):
+    from charbot.generation import GenerationSettings
+    from charbot.memory import Turn
+
+    backend = ScriptedBackend(["Aye, the same storm."])
+    engine = Engine(backend, store, sample_card)
+    history = [Turn("user", "Remember the storm of ninety-one?", "Pip"), Turn("assistant", "How could I forget.", "Orla")]
+    reply = await engine.ask("Was it worse than this one?", speaker="Pip", history=history,
+                             settings=GenerationSettings(max_new_tokens=7, temperature=0.2))
+    assert reply.text == "Aye, the same storm." and reply.turns_in_prompt == 2
+    shown = [m.content for m in backend.prompts[-1].messages]
+    assert "Pip: Remember the storm of ninety-one?" in shown and shown[-1] == "Pip: Was it worse than this one?"
+    assert (backend.settings[-1].max_new_tokens, backend.settings[-1].temperature) == (7, 0.2)
+    assert store.count_conversations() == 0  # nothing remembered

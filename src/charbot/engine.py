@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from charbot.backends.base import Backend, PromptFormat
@@ -87,8 +87,10 @@ class Engine:
 
     # --- prompts -------------------------------------------------------------------------------------
     def build_prompt(
-        self, conversation_id: str, text: str, speaker: str | None = None, persona: CharacterCard | None = None
+        self, conversation_id: str, text: str, speaker: str | None = None, persona: CharacterCard | None = None,
+        history: Sequence[Turn] | None = None,
     ) -> tuple[BuiltPrompt, CharacterCard]:
+        """The prompt for `text`: after `history` when given, else after the conversation's remembered turns."""
         card = persona or self.persona_for(conversation_id)
         builder = PromptBuilder(
             self.backend.count_tokens,
@@ -97,7 +99,8 @@ class Engine:
             fmt=self.prompt_format,
             eos_token=self.backend.eos_token,
         )
-        history = self.store.history(conversation_id, HISTORY_FETCH) if conversation_id else []
+        if history is None:
+            history = self.store.history(conversation_id, HISTORY_FETCH) if conversation_id else []
         # {{user}} is the configured user name, not this message's speaker: in a group chat several people
         # talk, each named in their own turn, and a persona text that is the same for every conversation
         # lets batched backends share its KV cache.
@@ -129,18 +132,21 @@ class Engine:
             return reply
 
     async def ask(
-        self, text: str, *, speaker: str | None = None, persona: CharacterCard | None = None, deadline: float | None = None
+        self, text: str, *, speaker: str | None = None, persona: CharacterCard | None = None, history: Sequence[Turn] = (),
+        settings: GenerationSettings | None = None, on_update: OnUpdate | None = None, deadline: float | None = None,
     ) -> Reply:
-        """A one-off question: no history in, nothing remembered."""
+        """A one-off reply: the caller gives whatever history there is (none by default) and nothing is
+        remembered. `settings` replaces the engine's sampling for this reply."""
         async with self.scheduler.slot(None, deadline=deadline):
-            return await self._reply("", text, speaker, None, persona=persona or self.default_persona)
+            return await self._reply("", text, speaker, on_update, persona or self.default_persona, history, settings)
 
     async def _reply(
-        self, conversation_id: str, text: str, speaker: str | None, on_update: OnUpdate | None, persona: CharacterCard | None = None
+        self, conversation_id: str, text: str, speaker: str | None, on_update: OnUpdate | None, persona: CharacterCard | None = None,
+        history: Sequence[Turn] | None = None, sampling: GenerationSettings | None = None,
     ) -> Reply:
         started = time.perf_counter()
-        built, card = self.build_prompt(conversation_id, text, speaker, persona)
-        settings = self.settings.with_stop(*self._stops(card, speaker))
+        built, card = self.build_prompt(conversation_id, text, speaker, persona, history)
+        settings = (sampling or self.settings).with_stop(*self._stops(card, speaker))
         users = tuple(n for n in (self.user_name, speaker) if n)
         tokens = 0
         reply = ""
