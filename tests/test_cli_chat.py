@@ -96,3 +96,13 @@ async def test_a_failed_reply_does_not_end_the_piped_chat(monkeypatch, capsys, s
     out, err = capsys.readouterr()
     assert out.splitlines() == ["Orla: Aye."]
     assert err.splitlines() == ["charbot: error: scripted failure"]
+
+
+@pytest.mark.model
+def test_verbose_chat_says_what_each_reply_cost_and_reused(tmp_path):
+    out = run_chat(["--max-new-tokens", "8", "--seed", "7", "--verbose"], "Hello\nWho are you?\n", tmp_path)
+    assert out.returncode == 0, out.stderr
+    reports = [line for line in out.stderr.splitlines() if line.startswith("(") and "prompt tokens reused" in line]
+    assert len(reports) == 2 and len(out.stdout.splitlines()) == 2  # stdout stays one line per reply
+    reused = [int(line.split("; ")[-1].split()[0]) for line in reports]
+    assert reused[1] > reused[0] > 0  # the second turn's prompt starts with the whole first exchange

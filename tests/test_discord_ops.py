@@ -41,6 +41,24 @@ async def _get(port: int, path: str) -> tuple[int, str]:
             return response.status, await response.text()
 
 
+class CachingBackend(ScriptedBackend):
+    """A backend whose prompt cache has counters to show (the llama.cpp backend's, in shape)."""
+
+    def cache_stats(self) -> dict[str, int]:
+        return {"hits": 3, "misses": 1, "saved_tokens": 900, "reused_tokens": 1200, "evicted_bytes": 0, "stored_bytes": 4096}
+
+
+async def test_prompt_cache_counters_are_on_the_metrics_page(fake, isolated_env):
+    async with running_bot(fake, CachingBackend(), isolated_env / "m.db", health=True) as bot:
+        await fake.wait_for(lambda: bot.health_port)
+        status, metrics = await _get(bot.health_port, "/metrics")
+        assert status == 200
+        for line in ("charbot_prompt_cache_hits_total 3.0", "charbot_prompt_cache_misses_total 1.0",
+                     "charbot_prompt_cache_saved_tokens_total 900.0", "charbot_prompt_cache_evicted_bytes_total 0.0",
+                     "charbot_prompt_cache_stored_bytes 4096.0"):
+            assert line in metrics.splitlines(), line
+
+
 async def test_healthz_turns_200_only_after_ready_and_model_load(fake, world, isolated_env, monkeypatch):
     secret = "s3cret-token-value"
     fake.state.token = secret

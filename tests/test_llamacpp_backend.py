@@ -27,8 +27,9 @@ def ask(question: str) -> Prompt:
 
 @pytest.fixture(scope="module")
 def llama():
-    # loaded once per module: the model lives in its worker thread, so each test's event loop can use it
-    backend = LlamaCppBackend(embedded_model_path(), context_window=512, threads=2)
+    # loaded once per module: the model lives in its worker thread, so each test's event loop can use it.
+    # No prompt cache here (test_prompt_cache.py has its own): `read_afresh` must really leave nothing behind.
+    backend = LlamaCppBackend(embedded_model_path(), context_window=512, threads=2, cache_bytes=0)
     asyncio.run(backend.load())
     yield backend
     asyncio.run(backend.aclose())
@@ -36,7 +37,7 @@ def llama():
 
 @pytest.fixture(scope="module")
 def batched():
-    backend = LlamaCppBackend(embedded_model_path(), context_window=512, threads=2, parallel=3)
+    backend = LlamaCppBackend(embedded_model_path(), context_window=512, threads=2, parallel=3, cache_bytes=0)
     asyncio.run(backend.load())
     yield backend
     asyncio.run(backend.aclose())

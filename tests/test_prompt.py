@@ -1,10 +1,12 @@
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charbot.factory import sample_card_path
 from charbot.memory import Turn
 from charbot.persona import load_card, render
-from charbot.prompt import MESSAGE_OVERHEAD, PromptBuilder
+from charbot.prompt import DROP_CHUNK, MESSAGE_OVERHEAD, PromptBuilder
 
 
 def words(text: str) -> int:
@@ -78,8 +80,26 @@ def test_prompt_fits_the_window_and_keeps_the_newest_turns(window, turns):
     expected = [f"Sam: {t.content}" if t.role == "user" else f"Orla: {t.content}" for t in past]
     assert kept == expected[len(expected) - len(kept) :]  # a suffix: only the oldest were dropped
     assert built.turns_kept == len(kept)
-    if built.turns_kept < len(past):  # dropping turns only when the next older one would not have fitted
-        assert prompt_cost(built) + words(expected[-len(kept) - 1]) + MESSAGE_OVERHEAD > budget
+    if 0 < built.turns_kept < len(past):
+        # old turns go in chunks: the prompt starts at a chunk boundary, and no more than a chunk beyond what
+        # the budget forces went (the next chunk of older turns would not have fitted)
+        assert (len(past) - built.turns_kept) % DROP_CHUNK == 0
+        older = expected[-len(kept) - DROP_CHUNK : -len(kept)]
+        assert prompt_cost(built) + sum(words(t) + MESSAGE_OVERHEAD for t in older) > budget
+
+
+def test_the_prompt_start_moves_a_chunk_at_a_time(sample_card):
+    """As a conversation grows past the window, the first turn shown changes every few replies, not every reply:
+    the prompt's start stays the same and a KV cache of the previous prompt keeps matching."""
+    persona = render(sample_card, "Sam")
+    starts = []
+    for exchanges in range(10, 41):
+        past = history(exchanges)
+        built = builder(260).build(persona, past, "and now?", "Sam")
+        starts.append(len(past) - built.turns_kept)
+    assert starts == sorted(starts) and starts[-1] > starts[0] > 0  # the window was too small: turns went
+    runs = [len(list(group)) for _, group in itertools.groupby(starts)]
+    assert all(run >= DROP_CHUNK // 2 for run in runs[1:-1])  # each start held for several replies
 
 
 def test_dialogpt_format_joins_turns_with_eos(sample_card):

@@ -25,7 +25,9 @@ from pydantic_settings import (
 
 from charbot.errors import ConfigError
 from charbot.generation import GenerationSettings
-from charbot.settings_groups import DiscordSettings, HealthSettings, MemorySettings, RemoteSettings, default_data_dir
+from charbot.settings_groups import (
+    DiscordSettings, HealthSettings, MemorySettings, PromptCacheSettings, RemoteSettings, default_data_dir,
+)
 
 __all__ = ["Settings", "load_settings", "secret", "default_data_dir", "FLAT", "field_info", "CONFIG_ENV"]
 
@@ -70,6 +72,7 @@ class Settings(BaseSettings):
     remote: RemoteSettings = RemoteSettings()
     discord: DiscordSettings = DiscordSettings()
     health: HealthSettings = HealthSettings()
+    prompt_cache: PromptCacheSettings = PromptCacheSettings()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -83,7 +86,7 @@ class Settings(BaseSettings):
 
 
 # --- flat names ------------------------------------------------------------------------------------
-GROUP_PREFIX = {"generation": "", "memory": "", "remote": "", "discord": "discord_", "health": "health_"}
+GROUP_PREFIX = {"generation": "", "memory": "", "remote": "", "discord": "discord_", "health": "health_", "prompt_cache": "prompt_cache_"}
 
 
 def _flat_names() -> dict[str, tuple[str, ...]]:

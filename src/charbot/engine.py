@@ -7,7 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from charbot.backends.base import Backend, PromptFormat
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
@@ -83,6 +83,7 @@ class Engine:
         return card
 
     def reset(self, conversation_id: str) -> int:
+        self.backend.forget(conversation_id)  # and the model's saved states of it
         return self.store.reset(conversation_id)
 
     # --- prompts -------------------------------------------------------------------------------------
@@ -99,12 +100,17 @@ class Engine:
             fmt=self.prompt_format,
             eos_token=self.backend.eos_token,
         )
+        start = 0
         if history is None:
             history = self.store.history(conversation_id, HISTORY_FETCH) if conversation_id else []
+            if len(history) == HISTORY_FETCH:  # older turns exist: where this window starts in the conversation
+                start = self.store.count_messages(conversation_id) - len(history)
         # {{user}} is the configured user name, not this message's speaker: in a group chat several people
         # talk, each named in their own turn, and a persona text that is the same for every conversation
         # lets batched backends share its KV cache.
-        return builder.build(render(card, self.user_name), history, text, speaker), card
+        built = builder.build(render(card, self.user_name), history, text, speaker, start)
+        # tagged with its conversation, so a backend's prompt cache can drop it when the conversation is reset
+        return replace(built, prompt=replace(built.prompt, cache_key=conversation_id or None)), card
 
     def _stops(self, card: CharacterCard, speaker: str | None) -> tuple[str, ...]:
         names = {self.user_name, card.name, *([speaker] if speaker else [])}

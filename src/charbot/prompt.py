@@ -20,6 +20,10 @@ from charbot.rendering import dialogpt_text, merged_turns, speaker_text
 
 MESSAGE_OVERHEAD = 5  # chat-template markers per message (<|im_start|>role\n … <|im_end|>\n)
 EOS_COST = 1  # the EOS after each DialoGPT utterance
+# When old turns must go, they go in chunks: the prompt then starts at the same turn for several replies, and a
+# backend that keeps the previous prompt's KV state reads only the new turns (one turn per reply would change
+# the start every time, and every reply would read the whole history again).
+DROP_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class PromptBuilder:
         # Room for the reply, plus slack for tokenizer differences between our count and the template's.
         self.budget = max(64, context_window - max_new_tokens - 16)
 
-    def build(self, persona: RenderedPersona, history: Sequence[Turn], text: str, speaker: str | None) -> BuiltPrompt:
+    def build(self, persona: RenderedPersona, history: Sequence[Turn], text: str, speaker: str | None, history_start: int = 0) -> BuiltPrompt:
+        """`history_start`: how many turns of the conversation come before `history` (for chunked dropping)."""
         chat = self.fmt == "chat"
         # Where speakers are named ("sam: hi"), the character is named too: a small model shown only the
         # other side's "Name: " lines writes its reply as one of them, which is then an unusable reply.
@@ -74,6 +79,11 @@ class PromptBuilder:
                 break
             used += c
             kept += 1
+        if kept < len(history):  # the first kept turn moves to a chunk boundary of the whole conversation
+            first = history_start + len(history) - kept
+            dropped = -first % DROP_CHUNK
+            used -= sum(cost[len(history) - kept : len(history) - kept + dropped])
+            kept -= min(dropped, kept)
         turns = [(t.role, shown(t)) for t in [*history[len(history) - kept :], new]]
         if not chat:
             return BuiltPrompt(Prompt(text=dialogpt_text((m.content for m in merged_turns(turns)), self.eos)), kept, len(history), False, used)

@@ -92,3 +92,15 @@ class DiscordSettings(_Group):
 class HealthSettings(_Group):
     host: str = Field("0.0.0.0", description="Address of the health/metrics page.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the health/metrics page (0: pick a free one).")
+
+
+class PromptCacheSettings(_Group):
+    memory_bytes: int | None = Field(
+        None, ge=0, description="Memory for saved prompt KV states (llama.cpp), so a conversation's next turn reads only its new "
+        "tokens; empty: a tenth of RAM, at most 1 GiB; 0: off.", json_schema_extra={"flat": "prompt_cache_bytes"},
+    )
+    spill_dir: Path | None = Field(
+        None, description="Folder for states evicted from memory (read back on a later turn); empty: they are dropped.",
+        json_schema_extra={"flat": "prompt_cache_dir"},
+    )
+    spill_bytes: int = Field(4 << 30, ge=0, description="Disk for spilled states.", json_schema_extra={"flat": "prompt_cache_disk_bytes"})

@@ -35,6 +35,9 @@ class Prompt:
     # The reply's first words, already written for the model ("Orla:" where speakers are named). Backends
     # that render the chat template themselves continue from it; chat APIs cannot, and ignore it.
     reply_prefix: str = ""
+    # The conversation it belongs to: a backend that keeps prompts' KV states may tag them with it (and forget
+    # them when the conversation is reset). Never part of what the model reads.
+    cache_key: str | None = None
 
     @property
     def is_chat(self) -> bool:
@@ -95,6 +98,13 @@ class Backend(abc.ABC):
         """Text pieces as they are generated. Backends that cannot stream yield the whole reply once."""
         completion = await self.complete(prompt, settings)
         yield completion.text
+
+    def forget(self, cache_key: str) -> None:
+        """Drop whatever the backend kept of conversation `cache_key` (its prompts' KV states)."""
+
+    def cache_stats(self) -> dict[str, int]:
+        """Counters of a prompt cache (hits, misses, saved_tokens, evicted_bytes, …); empty without one."""
+        return {}
 
     async def aclose(self) -> None:
         self.ready = False

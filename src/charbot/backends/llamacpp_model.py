@@ -89,6 +89,19 @@ class LlamaModel:
         self.L.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
         self.clear(dst, n)
 
+    def save(self, seq: int) -> bytes:
+        """The sequence's KV cells as bytes (only the cells it uses)."""
+        size = self.L.llama_state_seq_get_size(self.ctx, seq)
+        buf = (ctypes.c_uint8 * size)()
+        n = self.L.llama_state_seq_get_data(self.ctx, buf, size, seq)
+        return bytes(memoryview(buf)[:n])
+
+    def restore(self, seq: int, data: bytes) -> bool:
+        """Put saved cells into the (cleared) sequence; False when llama.cpp refuses them."""
+        self.clear(seq)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return self.L.llama_state_seq_set_data(self.ctx, buf, len(data), seq) > 0
+
     def put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self.batch
         b.token[i] = token

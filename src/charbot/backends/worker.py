@@ -34,6 +34,7 @@ class Request:
     settings: GenerationSettings
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
+    key: str | None = None  # the conversation it belongs to: a hint for prompt caches
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] = field(default_factory=list)
 
@@ -46,6 +47,7 @@ class ModelWorker(abc.ABC):
     def __init__(self, name: str):
         self.name = name
         self.inbox: deque[Request] = deque()  # submitted by the event loop, guarded by `cond`
+        self.chores: deque[Callable[[], None]] = deque()  # run on the worker thread between steps
         self.waiting: deque[Request] = deque()  # tokenized, not yet admitted: the worker thread's own
         self.cond = threading.Condition()
         self.closed = False
@@ -80,10 +82,17 @@ class ModelWorker(abc.ABC):
         """Requests submitted and not finished (read from any thread: a snapshot)."""
         return len(self.inbox) + len(self.waiting) + self.running()
 
-    async def generate(self, encode: Callable[[], list[int]], settings: GenerationSettings) -> AsyncIterator[str | Completion]:
+    def later(self, chore: Callable[[], None]) -> None:
+        """Run `chore` on the worker thread before its next step (the model is the thread's alone)."""
+        with self.cond:
+            self.chores.append(chore)
+            self.cond.notify()
+
+    async def generate(self, encode: Callable[[], list[int]], settings: GenerationSettings, key: str | None = None
+                       ) -> AsyncIterator[str | Completion]:
         """Pieces of text as they are generated, then the Completion. A consumer that stops early cancels the
         request: the worker frees its place at its next step."""
-        req = Request(encode, settings, asyncio.get_running_loop(), asyncio.Queue())
+        req = Request(encode, settings, asyncio.get_running_loop(), asyncio.Queue(), key)
         with self.cond:
             if self.closed:
                 raise BackendError(f"the {self.name} model is closed")
@@ -122,10 +131,11 @@ class ModelWorker(abc.ABC):
     def _next(self) -> bool:
         """Wait for work, tokenize what arrived, admit. False once closed."""
         with self.cond:
-            while not self.closed and not self.inbox and not self.waiting and not self.running():
+            while not self.closed and not self.inbox and not self.chores and not self.waiting and not self.running():
                 self.cond.wait()
-            arrived = list(self.inbox)
+            arrived, chores = list(self.inbox), list(self.chores)
             self.inbox.clear()
+            self.chores.clear()
             closed = self.closed
         if closed:
             error = BackendError(f"the {self.name} model was closed")
@@ -133,6 +143,8 @@ class ModelWorker(abc.ABC):
             for req in (*self.waiting, *arrived):
                 req.emit(error)
             return False
+        for chore in chores:
+            chore()
         for req in arrived:
             try:
                 req.tokens = req.encode()
@@ -166,7 +178,7 @@ class WorkerBackend(Backend):
     async def _generate(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Completion]:
         if self.worker is None:
             raise BackendError(f"the {self.name} model is not loaded yet", "call load() first")
-        async for item in self.worker.generate(lambda: self.prompt_tokens(prompt), settings):
+        async for item in self.worker.generate(lambda: self.prompt_tokens(prompt), settings, prompt.cache_key):
             yield item
 
     async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Completion:

@@ -28,20 +28,21 @@ HELP = """Commands:
 @model_options
 @click.option("--conversation", "-c", default="cli", show_default=True, help="Conversation name; memory is kept per name.")
 @click.option("--stream/--no-stream", default=None, help="Print replies as they are generated (default: on in a terminal).")
-def chat(settings: Settings, conversation: str, stream: bool | None) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="After each reply, say on stderr how many tokens it took and what the prompt cache saved.")
+def chat(settings: Settings, conversation: str, stream: bool | None, verbose: bool) -> None:
     """Chat with a character in the terminal."""
     interactive = sys.stdin.isatty()
-    asyncio.run(_run(settings, f"cli:{conversation}", interactive, interactive if stream is None else stream))
+    asyncio.run(_run(settings, f"cli:{conversation}", interactive, interactive if stream is None else stream, verbose))
 
 
-async def _run(settings: Settings, conversation: str, interactive: bool, stream: bool) -> None:
+async def _run(settings: Settings, conversation: str, interactive: bool, stream: bool, verbose: bool) -> None:
     engine = build_engine(settings)
     try:
         await engine.warm_up()
         if interactive:
-            await _repl(engine, conversation, stream)
+            await _repl(engine, conversation, stream, verbose)
         else:
-            await _piped(engine, conversation)
+            await _piped(engine, conversation, verbose)
     finally:
         await engine.backend.aclose()
         engine.store.close()
@@ -70,6 +71,17 @@ def _command(engine: Engine, conversation: str, line: str) -> str | None:
     return f"(unknown command {cmd}; /help lists them)"
 
 
+def _report(engine: Engine, before: dict[str, int], reply) -> None:
+    """One line on stderr per reply (--verbose): its cost, and the prompt tokens reused instead of read again."""
+    after = engine.backend.cache_stats()
+    parts = [f"{reply.completion_tokens} tokens in {reply.seconds:.2f} s", f"{reply.turns_in_prompt} turns in the prompt"]
+    if after:
+        reused = after.get("reused_tokens", 0) - before.get("reused_tokens", 0)
+        restored = after.get("hits", 0) - before.get("hits", 0)
+        parts.append(f"{reused} prompt tokens reused" + (" (state restored from the prompt cache)" if restored else ""))
+    click.echo(f"({'; '.join(parts)})", err=True)
+
+
 async def _session(engine: Engine, conversation: str, read: Callable[[], Awaitable[str | None]], notice, answer) -> None:
     """Read lines until end of input or /quit: commands go to `notice`, messages to `answer`."""
     while (line := await read()) is not None:
@@ -89,20 +101,23 @@ async def _session(engine: Engine, conversation: str, read: Callable[[], Awaitab
             click.echo(f"charbot: error: {exc}", err=True)
 
 
-async def _piped(engine: Engine, conversation: str) -> None:
+async def _piped(engine: Engine, conversation: str, verbose: bool) -> None:
     loop = asyncio.get_running_loop()
 
     async def read() -> str | None:
         return await loop.run_in_executor(None, sys.stdin.readline) or None
 
     async def answer(line: str) -> None:
+        before = engine.backend.cache_stats()
         reply = await engine.reply(conversation, line)
         print(f"{reply.persona}: {' '.join(reply.text.split())}", flush=True)
+        if verbose:
+            _report(engine, before, reply)
 
     await _session(engine, conversation, read, lambda out: print(" ".join(out.split()), flush=True), answer)
 
 
-async def _repl(engine: Engine, conversation: str, stream: bool) -> None:
+async def _repl(engine: Engine, conversation: str, stream: bool, verbose: bool) -> None:
     try:
         import readline
 
@@ -137,6 +152,7 @@ async def _repl(engine: Engine, conversation: str, stream: bool) -> None:
             sys.stdout.flush()
             shown = text
 
+        before = engine.backend.cache_stats()
         reply = await engine.reply(conversation, line, on_update=show if stream else None)
         if reply.text.startswith(shown) and shown:
             show(reply.text)
@@ -145,6 +161,8 @@ async def _repl(engine: Engine, conversation: str, stream: bool) -> None:
             click.echo(f"\r{name}: {reply.text}")
         else:
             click.echo(reply.text)
+        if verbose:
+            _report(engine, before, reply)
 
     try:
         await _session(engine, conversation, read, lambda out: click.secho(out, dim=True), answer)

@@ -73,6 +73,7 @@ class CharBot(commands.AutoShardedBot):
         self.retention = RetentionTask(engine.store, retention_days=m.retention_days, max_messages=m.max_messages_per_conversation,
                                        interval=m.prune_interval)
         self.metrics = Metrics()
+        self.metrics.watch_prompt_cache(engine.backend.cache_stats)
         self.metrics.queue_depth.set_function(lambda: self.gate.depth)
         self.metrics.gateway_latency.set_function(lambda: self.latency if math.isfinite(self.latency) else 0.0)
         self.identify_delay = identify_delay

@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# The backend's prompt-cache counters (Backend.cache_stats), read at each scrape.
+CACHE_COUNTERS = {
+    "hits": "Prompts that restored a saved KV state.",
+    "misses": "Prompts that found no saved state sharing more than what a sequence kept.",
+    "saved_tokens": "Prompt tokens not read again thanks to restored states.",
+    "reused_tokens": "Prompt tokens not read again: kept in a sequence or restored.",
+    "evicted_bytes": "Bytes of saved states pushed out of memory by the budget.",
+}
+
+
+class PromptCacheCollector:
+    def __init__(self, stats: Callable[[], dict[str, int]]):
+        self.stats = stats
+
+    def collect(self):
+        stats = self.stats()
+        for name, doc in CACHE_COUNTERS.items():
+            if name in stats:
+                yield CounterMetricFamily(f"charbot_prompt_cache_{name}", doc, value=stats[name])
+        if "stored_bytes" in stats:
+            yield GaugeMetricFamily("charbot_prompt_cache_stored_bytes", "Bytes of saved KV states in memory.", value=stats["stored_bytes"])
 
 
 class Metrics:
@@ -24,6 +49,9 @@ class Metrics:
         )
         self.queue_depth = Gauge("charbot_discord_queue_depth", "Generations running or waiting.", registry=r)
         self.gateway_latency = Gauge("charbot_discord_gateway_latency_seconds", "Heartbeat latency.", registry=r)
+
+    def watch_prompt_cache(self, stats: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(PromptCacheCollector(stats))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

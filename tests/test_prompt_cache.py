@@ -1,0 +1,155 @@
+"""The prompt (KV) cache: longest exact prefix, LRU under a byte budget, spill to disk, forget on reset; and on the
+real model, a conversation's next turn after others restores its state and gives the tokens it would have given
+had nothing come between."""
+
+from __future__ import annotations
+
+import pytest
+
+from charbot.backends.kv_cache import MIN_TOKENS, PromptCache
+
+A = tuple(range(100, 200))
+B = tuple(range(100, 150)) + tuple(range(900, 960))  # shares A's first 50 tokens
+C = tuple(range(500, 600))
+
+
+def test_the_longest_exact_prefix_wins_and_the_last_token_is_always_read():
+    cache = PromptCache(budget_bytes=10_000)
+    cache.put(A, b"a" * 100, "conv-a")
+    cache.put(B, b"b" * 100, "conv-b")
+    entry, shared = cache.best(A + (7, 8, 9))
+    assert entry.tokens == A and shared == len(A)
+    entry, shared = cache.best(B[:80] + (1,))
+    assert entry.tokens == B and shared == 80
+    assert cache.best(A)[1] == len(A) - 1  # the prompt's own last token: read again for its logits
+    assert cache.best(C) == (None, 0)
+    assert cache.best(A[:10] + (0,) * 40)[1] == 10  # exact tokens only, never a near match
+
+
+def test_least_recently_used_states_go_first_and_the_budget_holds():
+    cache = PromptCache(budget_bytes=250)
+    cache.put(A, b"a" * 100, "a")
+    cache.put(B, b"b" * 100, "b")
+    cache.state(cache.best(A + (1,))[0])  # A used again: B is now the least recent
+    cache.put(C, b"c" * 100, "c")
+    assert set(cache.entries) == {A, C} and cache.stats.stored_bytes == 200 <= 250
+    assert cache.stats.evicted_bytes == 100
+    cache.put(tuple(range(MIN_TOKENS - 1)), b"x", None)  # too short to be worth keeping
+    assert set(cache.entries) == {A, C}
+
+
+def test_forget_drops_a_conversations_states():
+    cache = PromptCache(budget_bytes=10_000)
+    cache.put(A, b"a" * 10, "conv-a")
+    cache.put(C, b"c" * 10, "conv-c")
+    assert cache.forget("conv-a") == 1 and set(cache.entries) == {C} and cache.stats.stored_bytes == 10
+
+
+def test_evicted_states_spill_to_disk_and_are_found_again_for_the_same_model_only(tmp_path):
+    cache = PromptCache(budget_bytes=150, spill_dir=tmp_path, spill_budget_bytes=1000, fingerprint="model-1")
+    cache.put(A, b"a" * 100, "a")
+    cache.put(C, b"c" * 100, "c")  # A goes to disk
+    entry, shared = cache.best(A + (1,))
+    assert shared == len(A) and entry.data is None and cache.state(entry) == b"a" * 100
+    assert cache.stats.spilled_bytes == 100 and cache.stats.stored_bytes == 100
+    # a later process with the same model and context finds the spilled state; another model's never
+    assert PromptCache(budget_bytes=150, spill_dir=tmp_path, spill_budget_bytes=1000, fingerprint="model-1").best(A + (1,))[1] == len(A)
+    assert PromptCache(budget_bytes=150, spill_dir=tmp_path, spill_budget_bytes=1000, fingerprint="model-2").best(A + (1,))[0] is None
+    # a torn file (a process killed mid-write) is ignored and removed
+    torn = next((tmp_path / "model-1").glob("*.kv"))
+    torn.write_bytes(torn.read_bytes()[:12])
+    assert PromptCache(budget_bytes=150, spill_dir=tmp_path, spill_budget_bytes=1000, fingerprint="model-1").entries == {}
+    assert not torn.exists()
+
+
+# --- on the real model -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engines(tmp_path, sample_card):
+    """Two engines on their own llama.cpp backends (one sequence each, prompt cache on) and their stores."""
+    import asyncio
+
+    from charbot.backends.llamacpp import LlamaCppBackend
+    from charbot.engine import Engine
+    from charbot.generation import GenerationSettings
+    from charbot.memory import MemoryStore
+    from charbot.models import embedded_model_path
+
+    made = []
+
+    def make(name: str, **kw) -> Engine:
+        backend = LlamaCppBackend(embedded_model_path(), context_window=1024, threads=2, **kw)
+        greedy = GenerationSettings(max_new_tokens=16, do_sample=False, no_repeat_ngram_size=0)
+        engine = Engine(backend, MemoryStore(tmp_path / f"{name}.db"), sample_card, greedy)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        asyncio.run(engine.backend.aclose())
+        engine.store.close()
+
+
+@pytest.mark.model
+async def test_a_restored_state_gives_the_tokens_the_kept_one_gives(engines):
+    interleaved, alone = engines("interleaved"), engines("alone")
+    for engine in (interleaved, alone):
+        await engine.warm_up()
+        await engine.reply("a", "Hello! Who keeps this light?", speaker="Pip")
+    await interleaved.reply("b", "Is the ferry running tonight?", speaker="Ann")  # evicts a's cells into the cache
+    before = interleaved.backend.cache_stats()
+    restored = await interleaved.reply("a", "And how long have you kept it?", speaker="Pip")
+    kept = await alone.reply("a", "And how long have you kept it?", speaker="Pip")
+    after = interleaved.backend.cache_stats()
+    assert after["hits"] == before["hits"] + 1
+    a_prompt = interleaved.build_prompt("a", "x", speaker="Pip")[0]
+    assert after["saved_tokens"] - before["saved_tokens"] > 0.8 * interleaved.backend.count_tokens("".join(m.content for m in a_prompt.prompt.messages))
+    assert restored.text == kept.text and not restored.fallback  # the same cells, so the same greedy tokens
+
+
+@pytest.mark.model
+async def test_another_personas_state_is_never_used(engines, sample_card):
+    from charbot.persona import CardData, CharacterCard
+
+    engine = engines("personas")
+    await engine.warm_up()
+    await engine.reply("a", "Hello! Who keeps this light?", speaker="Pip")
+    await engine.reply("b", "Is the ferry running tonight?", speaker="Ann")
+    stranger = CharacterCard(data=CardData(name="Wendeline", description="A ferry pilot who never stops talking about tides."))
+    engine.set_persona("c", stranger)
+    before = engine.backend.cache_stats()
+    await engine.reply("c", "Hello! Who keeps this light?", speaker="Pip")
+    after = engine.backend.cache_stats()
+    assert after["hits"] == before["hits"] and after["misses"] == before["misses"] + 1  # nothing of Orla's reused
+
+
+@pytest.mark.model
+async def test_a_reset_drops_the_conversations_states_and_the_budget_holds(engines):
+    engine = engines("budget", cache_bytes=8_000_000)  # room for two of these conversations' states (~3.3 MB each)
+    await engine.warm_up()
+    for conversation in ("a", "b", "c", "d"):
+        await engine.reply(conversation, f"Hello from {conversation}! Who keeps this light?", speaker="Pip")
+    worker = engine.backend.worker
+    stats = engine.backend.cache_stats()
+    assert 0 < stats["stored_bytes"] <= 8_000_000 and stats["evicted_bytes"] > 0
+    assert any(e.key == "c" for e in worker.cache.entries.values())
+    engine.reset("c")
+    await engine.reply("d", "And the weather?", speaker="Pip")  # the worker forgets before its next request
+    assert all(e.key != "c" for e in worker.cache.entries.values())
+    assert all(owner != "c" for _tokens, owner in worker.kept.values())
+
+
+@pytest.mark.model
+async def test_a_state_spilled_to_disk_is_read_back(engines, tmp_path):
+    spilling = engines("spill", cache_bytes=1, cache_dir=tmp_path / "kv")  # every state goes straight to disk
+    alone = engines("alone")
+    for engine in (spilling, alone):
+        await engine.warm_up()
+        await engine.reply("a", "Hello! Who keeps this light?", speaker="Pip")
+    await spilling.reply("b", "Is the ferry running tonight?", speaker="Ann")
+    assert list((tmp_path / "kv").rglob("*.kv"))
+    before = spilling.backend.cache_stats()
+    restored = await spilling.reply("a", "And how long have you kept it?", speaker="Pip")
+    assert spilling.backend.cache_stats()["hits"] == before["hits"] + 1
+    assert restored.text == (await alone.reply("a", "And how long have you kept it?", speaker="Pip")).text
