@@ -1,7 +1,9 @@
 """Hugging Face transformers: a local HF-format directory or a hub id, on CPU or CUDA.
 
 Also the path for models produced by `charbot train` and for DialoGPT-style models (no chat template:
-turns joined by EOS, as the original tutorial did).
+turns joined by EOS, as the original tutorial did). It keeps no prompt cache: dynamic batching left-pads each
+batch to its longest prompt, so a conversation's cached keys and values would sit at other positions in every
+batch (docs/prompt-cache.md); the llama.cpp backend caches.
 """
 
 from __future__ import annotations
