@@ -92,7 +92,7 @@ async def test_a_failed_reply_does_not_end_the_piped_chat(monkeypatch, capsys, s
     backend = ScriptedBackend(["Aye."])
     backend.fail_next = 1
     monkeypatch.setattr(sys, "stdin", io.StringIO("first\nsecond\n"))
-    await _piped(Engine(backend, store, sample_card), "cli:test")
+    await _piped(Engine(backend, store, sample_card), "cli:test", verbose=False)
     out, err = capsys.readouterr()
     assert out.splitlines() == ["Orla: Aye."]
     assert err.splitlines() == ["charbot: error: scripted failure"]
