@@ -38,6 +38,17 @@ def test_least_recently_used_states_go_first_and_the_budget_holds():
     assert set(cache.entries) == {A, C}
 
 
+def test_a_conversation_keeps_one_state_and_a_longer_state_replaces_its_start():
+    cache = PromptCache(budget_bytes=10_000)
+    cache.put(A, b"a" * 100, "conv-a")
+    cache.put(A + (1, 2, 3), b"a" * 103, "conv-a")  # the conversation's next turn
+    cache.put(C, b"c" * 100, None)
+    cache.put(C + (4,) * 40, b"c" * 140, None)  # extends C: C is no longer needed
+    assert set(cache.entries) == {A + (1, 2, 3), C + (4,) * 40} and cache.stats.stored_bytes == 243
+    cache.put(B, b"b" * 100, "conv-a")  # the conversation's newest state, even where it parts from the old one
+    assert set(cache.entries) == {B, C + (4,) * 40}
+
+
 def test_forget_drops_a_conversations_states():
     cache = PromptCache(budget_bytes=10_000)
     cache.put(A, b"a" * 10, "conv-a")
@@ -153,3 +164,17 @@ async def test_a_state_spilled_to_disk_is_read_back(engines, tmp_path):
     restored = await spilling.reply("a", "And how long have you kept it?", speaker="Pip")
     assert spilling.backend.cache_stats()["hits"] == before["hits"] + 1
     assert restored.text == (await alone.reply("a", "And how long have you kept it?", speaker="Pip")).text
+
+
+@pytest.mark.model
+async def test_cached_and_uncached_generation_give_the_same_greedy_tokens(engines):
+    cached, uncached = engines("cached"), engines("uncached", cache_bytes=0)
+    for engine in (cached, uncached):
+        await engine.warm_up()
+        await engine.reply("a", "Hello! Who keeps this light?", speaker="Pip")
+        await engine.reply("b", "Is the ferry running tonight?", speaker="Ann")
+    before = cached.backend.cache_stats()
+    with_cache = await cached.reply("a", "And how long have you kept it?", speaker="Pip")
+    without = await uncached.reply("a", "And how long have you kept it?", speaker="Pip")
+    assert cached.backend.cache_stats()["hits"] == before["hits"] + 1 and "hits" not in uncached.backend.cache_stats()
+    assert with_cache.text == without.text and not with_cache.fallback

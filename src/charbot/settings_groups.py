@@ -97,7 +97,7 @@ class HealthSettings(_Group):
 class PromptCacheSettings(_Group):
     memory_bytes: int | None = Field(
         None, ge=0, description="Memory for saved prompt KV states (llama.cpp), so a conversation's next turn reads only its new "
-        "tokens; empty: a tenth of RAM, at most 1 GiB; 0: off.", json_schema_extra={"flat": "prompt_cache_bytes"},
+        "tokens; empty: room for 20 full-length conversations of the model, at most a tenth of RAM; 0: off.", json_schema_extra={"flat": "prompt_cache_bytes"},
     )
     spill_dir: Path | None = Field(
         None, description="Folder for states evicted from memory (read back on a later turn); empty: they are dropped.",

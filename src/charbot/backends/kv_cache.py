@@ -92,8 +92,10 @@ class PromptCache:
     def put(self, tokens: tuple[int, ...], data: bytes, key: str | None) -> None:
         if len(tokens) < MIN_TOKENS or (len(data) > self.budget_bytes and self.spill_dir is None):
             return
-        old = self.entries.pop(tokens, None)
-        if old is not None:
+        # One state per conversation (its newest: later prompts extend it), and none that is a start of this one
+        # (this one gives every prompt at least as much).
+        for old in [e for e in self.entries.values() if (key is not None and e.key == key) or tokens[: len(e.tokens)] == e.tokens]:
+            del self.entries[old.tokens]
             self._discard(old)
         self.entries[tokens] = Entry(tokens, key, len(data), data=data)
         self.stats.stored_bytes += len(data)

@@ -26,14 +26,17 @@ from charbot.rendering import prompt_text
 GIB = 1 << 30
 
 
-def default_cache_bytes() -> int:
-    """Room for saved prompt states when the settings give none: a tenth of the machine's memory, at most 1 GiB
-    (a 2,048-token conversation of the default model is about 47 MB)."""
+CACHED_CONVERSATIONS = 20  # full-length conversations the default budget holds, when memory allows
+
+
+def default_cache_bytes(bytes_per_token: int, context_window: int) -> int:
+    """Room for saved prompt states when the settings give none: 20 full-length conversations of this model
+    (about 1 GB for the default model at 2,048 tokens), but never more than a tenth of the machine's memory."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         memory = 4 * GIB
-    return min(GIB, memory // 10)
+    return min(CACHED_CONVERSATIONS * context_window * bytes_per_token, memory // 10)
 
 
 class LlamaCppBackend(WorkerBackend):
@@ -41,14 +44,14 @@ class LlamaCppBackend(WorkerBackend):
 
     def __init__(self, model_path: str | Path, *, context_window: int = 2048, threads: int | None = None, parallel: int = 1,
                  cache_bytes: int | None = None, cache_dir: Path | None = None, cache_disk_bytes: int = 4 * GIB):
-        """`cache_bytes`: memory for saved prompt states (None: `default_cache_bytes()`, 0: no prompt cache);
+        """`cache_bytes`: memory for saved prompt states (None: `default_cache_bytes`, 0: no prompt cache);
         `cache_dir`: where states evicted from memory go, up to `cache_disk_bytes` (None: nowhere)."""
         self.model_path = check_gguf(Path(model_path).expanduser())
         self.model_id = self.model_path.name
         self.context_window = context_window
         self.threads = threads or os.cpu_count() or 1
         self.parallel = parallel
-        self.cache_bytes = default_cache_bytes() if cache_bytes is None else cache_bytes
+        self.cache_bytes = cache_bytes  # None: decided from the model's size once it is loaded
         self.cache_dir = cache_dir
         self.cache_disk_bytes = cache_disk_bytes
         self.template: ChatTemplate | None = None
@@ -78,6 +81,8 @@ class LlamaCppBackend(WorkerBackend):
         else:
             self.default_prompt_format = "dialogpt"
         cache = None
+        if self.cache_bytes is None:
+            self.cache_bytes = default_cache_bytes(model.kv_bytes_per_token, self.context_window)
         if self.cache_bytes > 0:
             cache = PromptCache(self.cache_bytes, self.cache_dir, self.cache_disk_bytes if self.cache_dir else 0, self.fingerprint())
         return LlamaWorker(model, parallel=self.parallel, n_ctx_per_seq=self.context_window, cache=cache)

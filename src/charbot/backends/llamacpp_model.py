@@ -51,6 +51,13 @@ class LlamaModel:
         template = L.llama_model_chat_template(self.model, None)
         self.chat_template = template.decode("utf-8") if template else None
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """What one token's KV cells cost (K and V, every layer, f16): the size of a saved state per token."""
+        L, m = self.L, self.model
+        head = L.llama_model_n_embd(m) // max(1, L.llama_model_n_head(m))
+        return 2 * L.llama_model_n_layer(m) * L.llama_model_n_head_kv(m) * head * 2
+
     # --- vocabulary ----------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = False) -> list[int]:
         data = text.encode("utf-8")
