@@ -13,6 +13,7 @@ Only the worker thread that owns the model touches a cache.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 from array import array
@@ -40,7 +41,7 @@ class Entry:
     tokens: tuple[int, ...]
     key: str | None  # the conversation it came from, so a reset can drop it
     nbytes: int
-    data: bytes | None = None  # in memory; None when spilled
+    data: mmap.mmap | bytearray | None = None  # in memory; None when spilled
     path: Path | None = None  # on disk
 
 
@@ -83,13 +84,13 @@ class PromptCache:
                 best, shared = entry, n
         return best, min(shared, len(tokens) - 1)
 
-    def state(self, entry: Entry) -> bytes:
+    def state(self, entry: Entry) -> mmap.mmap | bytearray:
         """The entry's saved state (read back from disk when spilled); marks it most recently used."""
         self.entries.move_to_end(entry.tokens)
         return entry.data if entry.data is not None else _read(entry.path)
 
     # --- changes -------------------------------------------------------------------------------------
-    def put(self, tokens: tuple[int, ...], data: bytes, key: str | None) -> None:
+    def put(self, tokens: tuple[int, ...], data: mmap.mmap | bytearray, key: str | None) -> None:
         if len(tokens) < MIN_TOKENS or (len(data) > self.budget_bytes and self.spill_dir is None):
             return
         # One state per conversation (its newest: later prompts extend it), and none that is a start of this one
@@ -166,7 +167,7 @@ class PromptCache:
 MAGIC = b"CBKV1"
 
 
-def _write(folder: Path, tokens: tuple[int, ...], key: str | None, data: bytes) -> Path:
+def _write(folder: Path, tokens: tuple[int, ...], key: str | None, data) -> Path:
     name = hashlib.sha256(array("i", tokens).tobytes()).hexdigest()[:32] + ".kv"
     path, tmp = folder / name, folder / (name + f".{os.getpid()}.tmp")
     raw_key = (key or "").encode("utf-8")
@@ -197,7 +198,7 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], str | None, int]:
         return tokens, key, path.stat().st_size - f.tell()
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path) -> bytearray:
     with path.open("rb") as f:
         _header(f)
-        return f.read()
+        return bytearray(f.read())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +97,25 @@ class LlamaModel:
         self.L.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
         self.clear(dst, n)
 
-    def save(self, seq: int) -> bytes:
-        """The sequence's KV cells as bytes (only the cells it uses)."""
-        size = self.L.llama_state_seq_get_size(self.ctx, seq)
-        buf = (ctypes.c_uint8 * size)()
-        n = self.L.llama_state_seq_get_data(self.ctx, buf, size, seq)
-        return bytes(memoryview(buf)[:n])
+    def save(self, seq: int) -> mmap.mmap:
+        """The sequence's KV cells (only the cells it uses), written straight into memory of their own.
 
-    def restore(self, seq: int, data: bytes) -> bool:
+        States are megabytes each and come and go; in an anonymous mapping of its own, a dropped state's memory
+        goes back to the system at once (from the malloc heap it often would not, and the process would stay
+        at its largest size whatever the cache's budget)."""
+        size = self.L.llama_state_seq_get_size(self.ctx, seq)
+        data = mmap.mmap(-1, size)
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        n = self.L.llama_state_seq_get_data(self.ctx, view, size, seq)
+        del view  # no export may remain while the mapping is resized
+        if 0 < n < size:
+            data.resize(n)
+        return data
+
+    def restore(self, seq: int, data: mmap.mmap | bytearray) -> bool:
         """Put saved cells into the (cleared) sequence; False when llama.cpp refuses them."""
         self.clear(seq)
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer(data)
         return self.L.llama_state_seq_set_data(self.ctx, buf, len(data), seq) > 0
 
     def put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
