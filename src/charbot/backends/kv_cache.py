@@ -21,19 +21,21 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 MIN_TOKENS = 32  # shorter states cost more to keep track of than to read again
 
 
-def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """Length of the longest common start of `a` and `b` (binary search over slice equality, done in C)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+def as_array(tokens) -> np.ndarray:
+    return np.asarray(tokens, dtype=np.int32)
+
+
+def common_prefix(a, b) -> int:
+    """Length of the longest common start of two token sequences (compared in one vectorised pass: a prompt
+    is checked against every saved state at each admission)."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(as_array(a[:n]) != as_array(b[:n]))
+    return int(differ[0]) if differ.size else n
 
 
 @dataclass
@@ -43,6 +45,10 @@ class Entry:
     nbytes: int
     data: mmap.mmap | bytearray | None = None  # in memory; None when spilled
     path: Path | None = None  # on disk
+    array: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.array = as_array(self.tokens)
 
 
 @dataclass
@@ -78,8 +84,9 @@ class PromptCache:
         """The entry sharing the longest start with `tokens`, and that length (capped below len(tokens): the
         last prompt token is always read, for its logits)."""
         best, shared = None, 0
+        query = as_array(tokens)
         for entry in self.entries.values():
-            n = common_prefix(tokens, entry.tokens)
+            n = common_prefix(query, entry.array)
             if n > shared:
                 best, shared = entry, n
         return best, min(shared, len(tokens) - 1)

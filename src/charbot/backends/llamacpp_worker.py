@@ -51,7 +51,7 @@ class _Slot:
 def _common(a, b) -> int:
     """Tokens `a` (a prompt) shares with `b` from the start; never all of `a`: its last token must be decoded
     for its logits."""
-    return min(common_prefix(tuple(a), tuple(b)), len(a) - 1)
+    return min(common_prefix(a, b), len(a) - 1)
 
 
 class LlamaWorker(ModelWorker):
