@@ -20,7 +20,7 @@ from charbot.config import load_settings
 from charbot.serve.app import ServeApp
 from charbot.serve.server import serve_engine
 
-# A tiny picture carried inside the card, as SillyTavern's exports carry theirs.
+# A tiny picture carried inside the card (its top-level `avatar`, TavernAI's field).
 AVATAR_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="16" fill="#6b8f4e"/>'
     '<circle cx="12" cy="13" r="3" fill="#fff"/><circle cx="20" cy="13" r="3" fill="#fff"/>'

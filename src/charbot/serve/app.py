@@ -90,10 +90,11 @@ class ServeApp:
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 
-    def replied(self, reply: Reply, kind: str) -> None:
+    def replied(self, reply: Reply, kind: str, seconds: float) -> None:
+        """Count a delivered reply that took `seconds` from its request, waiting for a slot included."""
         self.metrics.replies.labels(kind).inc()
         self.metrics.tokens.inc(reply.completion_tokens)
-        self.metrics.latency.observe(reply.seconds)
+        self.metrics.latency.observe(seconds)
         self._typical_seconds = 0.8 * self._typical_seconds + 0.2 * reply.seconds
 
     def retry_after(self) -> int:

@@ -22,8 +22,8 @@ def slug(name: str) -> str:
 
 
 def avatar(card: CharacterCard) -> str | None:
-    """A data: image URL from the card's `avatar` (where SillyTavern's JSON exports keep it) or its
-    `extensions.avatar`; None otherwise (the page shows initials)."""
+    """A data: image URL from the card's top-level `avatar` (TavernAI's field) or its `extensions.avatar`;
+    None otherwise (the page shows initials)."""
     for value in ((card.model_extra or {}).get("avatar"), card.data.extensions.get("avatar")):
         if isinstance(value, str) and _AVATAR.match(value):
             return value

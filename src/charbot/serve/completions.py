@@ -160,5 +160,5 @@ async def chat_completions(api: ServeApp, request: web.Request) -> web.StreamRes
         log.warning("stream ended by an error: %s", error.message)
         await answer.fail(error)
         return answer.response
-    api.replied(reply, "stream" if body.stream else "whole")
+    api.replied(reply, "stream" if body.stream else "whole", time.perf_counter() - started)
     return answer.response

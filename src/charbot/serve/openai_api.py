@@ -67,7 +67,7 @@ class ChatRequest(_Lenient):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # OpenAI's: a 64-bit integer
     stop: str | list[str] | None = None
     n: int | None = Field(None, ge=1, le=1, description="one choice per request")
     user: Any = None  # a string names a conversation (see conversation_id); other shapes are ignored
