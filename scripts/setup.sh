@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install charbot into it. Idempotent and quick when nothing changed.
-#   scripts/setup.sh serve   chat + Discord + remote inference (no torch)
-#   scripts/setup.sh dev     everything: training, tests (torch CPU build installed first)
+#   scripts/setup.sh serve   chat + Discord + `charbot serve` + remote inference (no torch)
+#   scripts/setup.sh dev     everything: training, tests (torch CPU build installed first); as root with apt,
+#                            also Debian's chromium + chromium-driver for the page's browser test
 # llama-cpp-python has no binary wheels on PyPI: it is built once (~4-13 min) into a wheelhouse that later
 # set-ups and CI reuse. The build is portable (AVX2 baseline): a native build picks up AMX on some VMs and crashes.
 set -euo pipefail
@@ -15,10 +16,21 @@ torch_version=2.13.0
 export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"}
 
 case "$profile" in
-  serve) extras="discord,remote" ;;
-  dev) extras="discord,remote,train,kaggle,dev" ;;
+  serve) extras="discord,remote,serve" ;;
+  dev) extras="discord,remote,serve,train,kaggle,dev" ;;
   *) echo "usage: scripts/setup.sh [serve|dev]" >&2; exit 2 ;;
 esac
+
+# The browser test drives a real headless Chromium. Checked on every run (not behind the stamp below): it is a
+# system package, not part of .venv. Without root or apt the test says why it is skipped.
+if [ "$profile" = dev ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "charbot setup: installing chromium and chromium-driver (apt) for the page's browser test..." >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "charbot setup: chromium/chromium-driver missing and not installable here (needs root and apt); the browser test will be skipped" >&2
+  fi
+fi
 
 stamp=".venv/.charbot-$profile-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0

@@ -1,12 +1,16 @@
-"""`charbot discord` as a user runs it: the real CLI in a subprocess, pointed at the fake Discord.
+"""`charbot discord` and `charbot serve` as a user runs them: the real CLI in a subprocess.
 
     async with DiscordCli("--max-new-tokens", "12", env=discord_env(fake, tmp_path, TOKEN), cwd=tmp_path) as bot:
         health = await bot.wait_ready()       # /healthz 200: model warm and gateway READY
         ...
     assert bot.returncode == 0, bot.stderr    # leaving the block sends SIGTERM and waits
 
-The bot's health page listens on a port the OS picks (--health-port 0) and announces it on stderr; both
-output streams are read from the start, so the pipes never fill and a failure can show what the bot said.
+    async with ServeCli(env=user_env(tmp_path), cwd=tmp_path) as server:
+        await server.wait_ready()             # /healthz 200: model warm
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="-")
+
+Each listens on a port the OS picks (--health-port 0, --port 0) and announces it on stderr; both output
+streams are read from the start, so the pipes never fill and a failure can show what the process said.
 """
 
 from __future__ import annotations
@@ -23,30 +27,42 @@ from typing import Any
 
 import aiohttp
 
+from loopback import Loopback
+
 HEALTH_LINE = re.compile(r"health page on http://[\d.]+:(\d+)/")
+SERVE_LINE = re.compile(r"listening on http://[\d.]+:(\d+)/")
 START_TIMEOUT = 90.0  # a fresh process loads and warms the model first; the CPU is shared
 READY_TIMEOUT = 120.0
 
 
-def discord_env(fake, home: Path, token: str, **extra: str) -> dict[str, str]:
-    """The environment of a user whose bot talks to `fake`: none of the caller's CHARBOT_* settings, the
-    memory database and data directory under `home`."""
+def user_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user: none of the caller's CHARBOT_* settings, the memory database and data
+    directory under `home`, and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARBOT_")}
-    env.update(
-        DISCORD_TOKEN=token, CHARBOT_DISCORD_API_URL=fake.api_url, CHARBOT_DISCORD_GATEWAY_URL=fake.gateway_url,
-        CHARBOT_DB_PATH=str(home / "memory.db"), CHARBOT_HEALTH_HOST="127.0.0.1", CHARBOT_DISCORD_COOLDOWN_SECONDS="0",
-        XDG_DATA_HOME=str(home / "xdg"), **extra,
-    )
+    env.update(CHARBOT_DB_PATH=str(home / "memory.db"), XDG_DATA_HOME=str(home / "xdg"), **extra)
     return env
 
 
+def discord_env(fake, home: Path, token: str, **extra: str) -> dict[str, str]:
+    """The environment of a user whose bot talks to `fake`."""
+    return user_env(
+        home, DISCORD_TOKEN=token, CHARBOT_DISCORD_API_URL=fake.api_url, CHARBOT_DISCORD_GATEWAY_URL=fake.gateway_url,
+        CHARBOT_HEALTH_HOST="127.0.0.1", CHARBOT_DISCORD_COOLDOWN_SECONDS="0", **extra,
+    )
+
+
 class BotProcessError(AssertionError):
-    """The bot process did not get where it was expected to; the message ends with its stderr so far."""
+    """The process did not get where it was expected to; the message ends with its stderr so far."""
 
 
-class DiscordCli:
+class CliProcess:
+    """A `charbot <command>` subprocess whose HTTP port is announced on stderr by a line `announce` matches."""
+
+    name = "charbot"
+    announce: re.Pattern = HEALTH_LINE
+
     def __init__(self, *args: str, env: dict[str, str], cwd: Path, start_timeout: float = START_TIMEOUT):
-        self.command = [sys.executable, "-m", "charbot", "discord", "--health-port", "0", *args]
+        self.command = [sys.executable, "-m", "charbot", *self.name.split()[1:], *args]
         self.env, self.cwd, self.start_timeout = env, cwd, start_timeout
         self.proc: asyncio.subprocess.Process | None = None
         self.port: int | None = None
@@ -70,16 +86,16 @@ class DiscordCli:
         return None if self.proc is None else self.proc.returncode
 
     def _failure(self, what: str) -> BotProcessError:
-        return BotProcessError(f"charbot discord {what}; its stderr so far:\n{self.stderr[-3000:]}")
+        return BotProcessError(f"{self.name} {what}; its stderr so far:\n{self.stderr[-3000:]}")
 
     async def _read(self, stream: asyncio.StreamReader, sink: list[bytes], announces: bool) -> None:
         while chunk := await stream.read(65536):
             sink.append(chunk)
-            if announces and not self._announced.done() and (m := HEALTH_LINE.search(self.stderr)):
+            if announces and not self._announced.done() and (m := self.announce.search(self.stderr)):
                 self.health_page_at = time.perf_counter()
                 self._announced.set_result(int(m.group(1)))
         if announces and not self._announced.done():
-            self._announced.set_exception(self._failure("ended its output before announcing the health page"))
+            self._announced.set_exception(self._failure("ended its output before announcing its port"))
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def _spawn(self) -> None:
@@ -106,7 +122,7 @@ class DiscordCli:
         await asyncio.gather(*self._readers, return_exceptions=True)
         return self.proc.returncode
 
-    async def start(self) -> DiscordCli:
+    async def start(self) -> CliProcess:
         """Spawn the process and return once its health page has announced its port."""
         await self._spawn()
         try:
@@ -114,7 +130,7 @@ class DiscordCli:
         except asyncio.TimeoutError:
             self._announced.cancel()
             await self.stop(signal.SIGKILL)
-            raise self._failure(f"did not announce its health page within {self.start_timeout:g}s") from None
+            raise self._failure(f"did not announce its port within {self.start_timeout:g}s") from None
         except BotProcessError:
             await self.stop(signal.SIGKILL)
             raise
@@ -135,7 +151,7 @@ class DiscordCli:
             await asyncio.gather(*self._readers, return_exceptions=True)
         return self.proc.returncode
 
-    async def __aenter__(self) -> DiscordCli:
+    async def __aenter__(self) -> CliProcess:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
@@ -174,5 +190,23 @@ class DiscordCli:
                 await asyncio.sleep(poll)
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT, poll: float = 0.05) -> dict[str, Any]:
-        """Until /healthz says 200: the model loaded and warm, the gateway connected."""
+        """Until /healthz says 200: the model loaded and warm (and, for the bot, the gateway connected)."""
         return await self.wait_health(lambda status, body: status == 200, "ready", timeout, poll)
+
+
+class DiscordCli(CliProcess):
+    name = "charbot discord"
+    announce = HEALTH_LINE
+
+    def __init__(self, *args: str, **kwargs: Any):
+        super().__init__("--health-port", "0", *args, **kwargs)
+
+
+class ServeCli(CliProcess, Loopback):
+    """`root` is the server's URL, `base_url` what an OpenAI client takes (its /v1)."""
+
+    name = "charbot serve"
+    announce = SERVE_LINE
+
+    def __init__(self, *args: str, **kwargs: Any):
+        super().__init__("--port", "0", *args, **kwargs)

@@ -130,3 +130,13 @@ def test_config_file_is_passed_not_written_to_the_environment(isolated_env):
     assert "CHARBOT_CONFIG" not in os.environ
     with pytest.raises(ConfigError, match="--config .*nope.toml: no such file"):
         load_settings(isolated_env / "nope.toml")
+
+
+def test_serve_settings_have_flat_names_like_every_group(isolated_env, monkeypatch):
+    (isolated_env / "charbot.toml").write_text('[serve]\nmax_queue = 3\napi_key_env = "MY_SERVE_KEY"\n')
+    monkeypatch.setenv("CHARBOT_SERVE_PORT", "8123")
+    s = load_settings(serve_host="0.0.0.0", serve_max_tokens=None)
+    assert (s.serve.host, s.serve.port, s.serve.max_queue, s.serve.api_key_env) == ("0.0.0.0", 8123, 3, "MY_SERVE_KEY")
+    assert (load_settings().serve.host, load_settings().serve.max_tokens) == ("127.0.0.1", 512)  # loopback by default
+    with pytest.raises(ConfigError, match="'serve_max_body_bytes'.*--serve-max-body-bytes"):
+        load_settings(serve_max_body_bytes=10)

@@ -133,3 +133,19 @@ async def test_ask_takes_the_callers_history_and_sampling_and_remembers_nothing(
     assert "Pip: Remember the storm of ninety-one?" in shown and shown[-1] == "Pip: Was it worse than this one?"
     assert (backend.settings[-1].max_new_tokens, backend.settings[-1].temperature) == (7, 0.2)
     assert store.count_conversations() == 0  # nothing remembered
+
+
+async def test_reply_takes_per_call_sampling_and_leaves_room_for_its_tokens(store, sample_card):
+    from charbot.generation import GenerationSettings
+    from charbot.memory import Turn
+
+    backend = ScriptedBackend(["Aye."], context_window=400)
+    engine = Engine(backend, store, sample_card)
+    for i in range(30):
+        store.add_exchange("c", [Turn("user", f"question number {i} about the lamp"), Turn("assistant", "the lamp burns all night", "Orla")])
+    short = await engine.reply("c", "hi", settings=GenerationSettings(max_new_tokens=8))
+    long = await engine.reply("c", "hi", settings=GenerationSettings(max_new_tokens=200, temperature=0.1))
+    assert (backend.settings[-1].max_new_tokens, backend.settings[-1].temperature) == (200, 0.1)
+    # a longer reply gets its room: fewer remembered turns fit, and the prompt leaves 200 tokens (+16 slack) free
+    assert long.turns_in_prompt < short.turns_in_prompt
+    assert short.prompt_tokens > 400 - 200 and long.prompt_tokens <= 400 - 200 - 16

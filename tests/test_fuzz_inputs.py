@@ -245,3 +245,44 @@ def test_prompt_fits_the_context_whatever_the_message(text, fmt, window):
     assert count(shown) <= window - 64
     if count(text) < 50:
         assert text in shown  # short messages are never cut
+
+
+# --- API requests (charbot serve) ----------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12,
+)
+messages = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "tool", "wizard"]) | json_values},
+    optional={"content": st.text(max_size=40) | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]) | json_values,
+                                                                                 "text": json_values})) | json_values,
+              "name": st.text(max_size=80) | json_values},
+), max_size=4)
+requests = json_values | st.fixed_dictionaries({"messages": messages | json_values}, optional={
+    name: json_values | st.integers(-5, 5000) | st.floats(-1, 3)
+    for name in ("model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "user",
+                 "stream", "stream_options", "ignore_eos", "repetition_penalty")
+})
+
+
+@FUZZ
+@given(body=requests, header=st.none() | st.text(max_size=200))
+def test_any_api_request_maps_or_is_a_4xx_api_error(body, header):
+    """Whatever a client sends, the request mapping gives the engine valid input or raises ApiError (400 or
+    404): nothing else escapes to become a 500."""
+    from charbot.generation import GenerationSettings
+    from charbot.serve import openai_api as oa
+    from charbot.serve.characters import Characters
+
+    characters = Characters([load_card(Path(__file__).parents[1] / "src/charbot/data/sample/orla.json")], "User")
+    try:
+        request = oa.parse_request(body)
+        _, card = characters.find(request.model)
+        settings = oa.sampling(request, GenerationSettings(), max_tokens=512)
+        history, text, speaker = oa.conversation(request.messages, card.name)
+        oa.conversation_id(header, request)
+    except oa.ApiError as error:
+        assert error.status in (400, 404) and one_line(error) and "\n" not in error.message
+        return
+    assert 1 <= settings.max_new_tokens <= 512 and isinstance(text, str) and all(t.role in ("user", "assistant") for t in history)

@@ -168,7 +168,8 @@ async def test_memory_stays_bounded_over_repeated_floods(fake, isolated_env):
             await fake.say(channels[i % 2], users[(i + round_no) % 100], f"<@{bot.user.id}> r{round_no} m{i}", guild=guild, mentions=[fake.state.bot_user])
             await asyncio.sleep(0.005)
         await fake.wait_for(lambda: len(responses_by_message(fake)) == 100, timeout=60)
-        await fake.wait_for(lambda: bot.gate.depth == 0)
+        # a reply's conversation is held until it has been delivered and remembered, a moment after the POST
+        await fake.wait_for(lambda: bot.gate.depth == 0 and not bot.gate._running_keys)
         # The fake's own records are the test's, not the bot's: clear them so only the bot's memory is measured.
         fake.state.calls.clear()
         fake.state.messages.clear()

@@ -26,10 +26,10 @@ from pydantic_settings import (
 from charbot.errors import ConfigError
 from charbot.generation import GenerationSettings
 from charbot.settings_groups import (
-    DiscordSettings, HealthSettings, MemorySettings, PromptCacheSettings, RemoteSettings, default_data_dir,
+    DiscordSettings, HealthSettings, MemorySettings, PromptCacheSettings, RemoteSettings, ServeSettings, default_data_dir,
 )
 
-__all__ = ["Settings", "load_settings", "secret", "default_data_dir", "FLAT", "field_info", "CONFIG_ENV"]
+__all__ = ["Settings", "load_settings", "secret", "required_secret", "default_data_dir", "FLAT", "field_info", "CONFIG_ENV"]
 
 ENV_PREFIX = "CHARBOT_"
 CONFIG_ENV = "CHARBOT_CONFIG"
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
 
     # --- character ---------------------------------------------------------------------------------
     persona: str | None = Field(None, description="Character Card (V2 or V1) JSON file. Empty: the sample character.")
-    persona_dir: Path | None = Field(None, description="Directory of card JSON files offered by /persona.")
+    persona_dir: Path | None = Field(None, description="Directory of card JSON files: more characters (Discord's /persona, serve's models).")
     user_name: str = Field("User", description="How the terminal user is called in prompts ({{user}}).")
     fallback_reply: str = Field("...", min_length=1, description="Said when the model produces nothing usable.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     discord: DiscordSettings = DiscordSettings()
     health: HealthSettings = HealthSettings()
     prompt_cache: PromptCacheSettings = PromptCacheSettings()
+    serve: ServeSettings = ServeSettings()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -86,7 +87,10 @@ class Settings(BaseSettings):
 
 
 # --- flat names ------------------------------------------------------------------------------------
-GROUP_PREFIX = {"generation": "", "memory": "", "remote": "", "discord": "discord_", "health": "health_", "prompt_cache": "prompt_cache_"}
+GROUP_PREFIX = {
+    "generation": "", "memory": "", "remote": "", "discord": "discord_", "health": "health_", "prompt_cache": "prompt_cache_",
+    "serve": "serve_",
+}
 
 
 def _flat_names() -> dict[str, tuple[str, ...]]:
@@ -238,3 +242,11 @@ def secret(env_var: str, *fallbacks: str) -> SecretStr | None:
         if value:
             return SecretStr(value)
     return None
+
+
+def required_secret(env_var: str, missing: str, fix: str) -> str:
+    """The secret `env_var` holds, stripped; a ConfigError (`missing` — `fix`) when it is not set."""
+    value = secret(env_var)
+    if value is None:
+        raise ConfigError(missing, fix)
+    return value.get_secret_value().strip()

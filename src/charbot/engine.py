@@ -33,6 +33,7 @@ class Reply:
     seconds: float
     turns_in_prompt: int
     fallback: bool = False
+    prompt_tokens: int = 0
 
 
 class Engine:
@@ -89,14 +90,15 @@ class Engine:
     # --- prompts -------------------------------------------------------------------------------------
     def build_prompt(
         self, conversation_id: str, text: str, speaker: str | None = None, persona: CharacterCard | None = None,
-        history: Sequence[Turn] | None = None,
+        history: Sequence[Turn] | None = None, max_new_tokens: int | None = None,
     ) -> tuple[BuiltPrompt, CharacterCard]:
-        """The prompt for `text`: after `history` when given, else after the conversation's remembered turns."""
+        """The prompt for `text`: after `history` when given, else after the conversation's remembered turns;
+        room is left for `max_new_tokens` (default: the engine's setting)."""
         card = persona or self.persona_for(conversation_id)
         builder = PromptBuilder(
             self.backend.count_tokens,
             context_window=self.backend.context_window,
-            max_new_tokens=self.settings.max_new_tokens,
+            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
             fmt=self.prompt_format,
             eos_token=self.backend.eos_token,
         )
@@ -119,17 +121,18 @@ class Engine:
     # --- replies -------------------------------------------------------------------------------------
     async def reply(
         self, conversation_id: str, text: str, *, speaker: str | None = None, on_update: OnUpdate | None = None,
-        deliver: Deliver | None = None, deadline: float | None = None,
+        deliver: Deliver | None = None, deadline: float | None = None, settings: GenerationSettings | None = None,
     ) -> Reply:
         """Generate and clean a reply, hand it to `deliver` (which shows it to the user), then remember the
         exchange. A reply whose delivery raised is not remembered: the character never recalls a line nobody
         saw. Turns of one conversation are served in arrival order, delivery included.
 
         Raises BusyError (QueueFull, DeadlineExceeded) when the scheduler cannot serve it in time; `deadline`
-        is a `time.monotonic()` instant (default: now + the scheduler's timeout).
+        is a `time.monotonic()` instant (default: now + the scheduler's timeout). `settings` replaces the
+        engine's sampling for this reply.
         """
         async with self.scheduler.slot(conversation_id, deadline=deadline) as held:
-            reply = await self._reply(conversation_id, text, speaker, on_update)
+            reply = await self._reply(conversation_id, text, speaker, on_update, sampling=settings)
             held.generated()  # the model is free for other conversations while this reply is sent
             if deliver is not None:
                 await deliver(reply)
@@ -151,8 +154,9 @@ class Engine:
         history: Sequence[Turn] | None = None, sampling: GenerationSettings | None = None,
     ) -> Reply:
         started = time.perf_counter()
-        built, card = self.build_prompt(conversation_id, text, speaker, persona, history)
-        settings = (sampling or self.settings).with_stop(*self._stops(card, speaker))
+        settings = sampling or self.settings
+        built, card = self.build_prompt(conversation_id, text, speaker, persona, history, settings.max_new_tokens)
+        settings = settings.with_stop(*self._stops(card, speaker))
         users = tuple(n for n in (self.user_name, speaker) if n)
         tokens = 0
         reply = ""
@@ -176,7 +180,7 @@ class Engine:
         fallback = not is_usable(reply, text)
         if fallback:
             reply = self.fallback_reply
-        return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback)
+        return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback, built.prompt_tokens)
 
     def _remember(self, conversation_id: str, turns: list[Turn]) -> None:
         """A failing memory write must not cost the user the reply: log it and show it in `memory_status`."""

@@ -1,4 +1,4 @@
-"""The groups of settings (memory, remote, discord, health; generation is `GenerationSettings`), each a frozen
+"""The groups of settings (memory, remote, discord, health, serve; generation is `GenerationSettings`), each a frozen
 pydantic model. `config.Settings` holds one of each; every field also has a flat name (see config.py)."""
 
 from __future__ import annotations
@@ -104,3 +104,15 @@ class PromptCacheSettings(_Group):
         json_schema_extra={"flat": "prompt_cache_dir"},
     )
     spill_bytes: int = Field(4 << 30, ge=0, description="Disk for spilled states.", json_schema_extra={"flat": "prompt_cache_disk_bytes"})
+
+
+class ServeSettings(_Group):
+    host: str = Field("127.0.0.1", description="Address `charbot serve` listens on (loopback: this machine only).")
+    port: int = Field(8000, ge=0, le=65535, description="Port of `charbot serve` (0: pick a free one).")
+    api_key_env: str = Field("", description="Env var holding the API key clients must send (empty: no key asked).")
+    max_inflight: int | None = Field(
+        None, ge=1, le=256, description="Generations running at once (empty: what the backend serves at once, its `parallel`)."
+    )
+    max_queue: int = Field(16, ge=0, le=10_000, description="Requests waiting beyond those; more get 429.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 2**20, description="Largest request body accepted (bytes).")
+    max_tokens: int = Field(512, ge=1, le=8192, description="Cap on a request's max_tokens (tokens generated per reply).")

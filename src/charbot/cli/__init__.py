@@ -12,6 +12,7 @@ COMMANDS = {
     "chat": "charbot.cli.chat:chat",
     "prepare": "charbot.cli.prepare:prepare",
     "discord": "charbot.cli.discord:discord_cmd",
+    "serve": "charbot.cli.serve:serve_cmd",
     "train": "charbot.cli.train:train",
     "eval": "charbot.cli.evaluate:evaluate",
     "export-gguf": "charbot.cli.export:export_gguf",
@@ -45,7 +46,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="charbot")
 def cli() -> None:
-    """Character chatbots from scripts: prepare, train, eval, chat and serve on Discord."""
+    """Character chatbots from scripts: prepare, train, eval, chat, serve on Discord or over an OpenAI-compatible API."""
 
 
 def main(argv: list[str] | None = None) -> None:

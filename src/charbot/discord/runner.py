@@ -10,7 +10,7 @@ import signal
 import aiohttp
 import discord
 
-from charbot.config import Settings, secret
+from charbot.config import Settings, required_secret
 from charbot.discord.bot import CharBot
 from charbot.discord.health import HealthServer
 from charbot.errors import CharbotError, ConfigError
@@ -22,13 +22,10 @@ PORTAL = "https://discord.com/developers/applications"
 
 def bot_token(settings: Settings) -> str:
     env = settings.discord.token_env
-    token = secret(env)
-    if token is None:
-        raise ConfigError(
-            f"no Discord bot token: the environment variable {env} is not set",
-            f"copy the token from {PORTAL} → your application → Bot → Reset Token and export {env}=…",
-        )
-    return token.get_secret_value().strip()
+    return required_secret(
+        env, f"no Discord bot token: the environment variable {env} is not set",
+        f"copy the token from {PORTAL} → your application → Bot → Reset Token and export {env}=…",
+    )
 
 
 async def serve(bot: CharBot, token: str, *, health: bool = True, on_health_port=None) -> None:
