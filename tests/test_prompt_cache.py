@@ -84,7 +84,7 @@ def engines(tmp_path, sample_card):
     from charbot.backends.llamacpp import LlamaCppBackend
     from charbot.engine import Engine
     from charbot.generation import GenerationSettings
-    from charbot.memory import MemoryStore
+    from charbot.memory_sqlite import SqliteStore
     from charbot.models import embedded_model_path
 
     made = []
@@ -92,14 +92,14 @@ def engines(tmp_path, sample_card):
     def make(name: str, **kw) -> Engine:
         backend = LlamaCppBackend(embedded_model_path(), context_window=1024, threads=2, **kw)
         greedy = GenerationSettings(max_new_tokens=16, do_sample=False, no_repeat_ngram_size=0)
-        engine = Engine(backend, MemoryStore(tmp_path / f"{name}.db"), sample_card, greedy)
+        engine = Engine(backend, SqliteStore(tmp_path / f"{name}.db"), sample_card, greedy)
         made.append(engine)
         return engine
 
     yield make
     for engine in made:
         asyncio.run(engine.backend.aclose())
-        engine.store.close()
+        asyncio.run(engine.store.close())
 
 
 @pytest.mark.model
@@ -114,7 +114,7 @@ async def test_a_restored_state_gives_the_tokens_the_kept_one_gives(engines):
     kept = await alone.reply("a", "And how long have you kept it?", speaker="Pip")
     after = interleaved.backend.cache_stats()
     assert after["hits"] == before["hits"] + 1
-    a_prompt = interleaved.build_prompt("a", "x", speaker="Pip")[0]
+    a_prompt = (await interleaved.build_prompt("a", "x", speaker="Pip"))[0]
     assert after["saved_tokens"] - before["saved_tokens"] > 0.8 * interleaved.backend.count_tokens("".join(m.content for m in a_prompt.prompt.messages))
     assert restored.text == kept.text and not restored.fallback  # the same cells, so the same greedy tokens
 
@@ -128,7 +128,7 @@ async def test_another_personas_state_is_never_used(engines, sample_card):
     await engine.reply("a", "Hello! Who keeps this light?", speaker="Pip")
     await engine.reply("b", "Is the ferry running tonight?", speaker="Ann")
     stranger = CharacterCard(data=CardData(name="Wendeline", description="A ferry pilot who never stops talking about tides."))
-    engine.set_persona("c", stranger)
+    await engine.set_persona("c", stranger)
     before = engine.backend.cache_stats()
     await engine.reply("c", "Hello! Who keeps this light?", speaker="Pip")
     after = engine.backend.cache_stats()
@@ -145,7 +145,7 @@ async def test_a_reset_drops_the_conversations_states_and_the_budget_holds(engin
     stats = engine.backend.cache_stats()
     assert 0 < stats["stored_bytes"] <= 8_000_000 and stats["evicted_bytes"] > 0
     assert any(e.key == "c" for e in worker.cache.entries.values())
-    engine.reset("c")
+    await engine.reset("c")
     await engine.reply("d", "And the weather?", speaker="Pip")  # the worker forgets before its next request
     assert all(e.key != "c" for e in worker.cache.entries.values())
     assert all(owner != "c" for _tokens, owner in worker.kept.values())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from charbot.memory import MemoryStore
+from charbot.memory_sqlite import SqliteMemory
 from cli_process import ServeCli, user_env
 from serve_support import write_cards
 
@@ -75,7 +75,7 @@ def _talk_and_reset(url: str, db: Path, screenshot: Path) -> dict:
             "text": reply.find_element(By.CSS_SELECTOR, ".text").text, "error": "error" in reply.get_attribute("class"),
             "conversation": browser.find_element(By.TAG_NAME, "body").get_attribute("data-conversation"),
         }
-        store = MemoryStore(db)
+        store = SqliteMemory(db)
         seen["remembered"] = store.count_messages(f"api:orla:{seen['conversation']}")
         browser.save_screenshot(str(screenshot))
 

@@ -9,7 +9,7 @@ from charbot.backends import create_backend
 from charbot.config import Settings
 from charbot.engine import Engine
 from charbot.errors import PersonaError
-from charbot.memory import MemoryStore
+from charbot.memory import Store, create_store
 from charbot.persona import CharacterCard, load_card
 from charbot.scheduler import Scheduler
 
@@ -50,7 +50,7 @@ def load_personas(settings: Settings) -> tuple[CharacterCard, dict[str, Characte
 
 
 def build_engine(
-    settings: Settings, *, backend=None, store: MemoryStore | None = None, max_inflight: int | None = None, max_queue: int | None = None
+    settings: Settings, *, backend=None, store: Store | None = None, max_inflight: int | None = None, max_queue: int | None = None
 ) -> Engine:
     """The engine the settings describe. A transport that bounds its load passes `max_inflight` and `max_queue`:
     the scheduler then runs min(max_inflight, what the backend serves at once) generations, and is fixed."""
@@ -59,7 +59,7 @@ def build_engine(
     capacity = min(max_inflight or backend.parallel, backend.parallel)
     return Engine(
         backend,
-        store if store is not None else MemoryStore(settings.memory.resolved_db_path()),
+        store if store is not None else create_store(settings.memory.resolved_url(), timeout=settings.memory.memory_timeout),
         default,
         settings.generation,
         prompt_format=settings.prompt_format,

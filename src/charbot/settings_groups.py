@@ -8,6 +8,8 @@ from pathlib import Path
 from platformdirs import user_data_dir
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from charbot.memory import check_url
+
 
 def default_data_dir() -> Path:
     return Path(user_data_dir("charbot", appauthor=False))
@@ -24,6 +26,13 @@ class _Group(BaseModel):
 
 
 class MemorySettings(_Group):
+    memory_url: str | None = Field(
+        None, description="Where conversations are remembered: a SQLite file (path or sqlite:///path) or a PostgreSQL database shared "
+        "by several bot processes (postgresql://user@host:5432/db; the password from PGPASSWORD or in the URL). Empty: db_path.",
+    )
+    memory_timeout: float = Field(
+        5.0, gt=0, le=600, description="PostgreSQL: seconds a memory call waits for the database before the user is told to try again.",
+    )
     db_path: Path | None = Field(None, description="SQLite memory file. Default: <user data dir>/memory.db.")
     retention_days: float | None = Field(None, gt=0, description="Forget messages older than this many days (empty: keep everything).")
     max_messages_per_conversation: int | None = Field(
@@ -31,8 +40,14 @@ class MemorySettings(_Group):
     )
     prune_interval: float = Field(3600.0, gt=0, le=7 * 86400, description="Seconds between retention sweeps while serving.")
 
+    _check_memory_url = field_validator("memory_url")(lambda value: check_url(value) if value else value)
+
     def resolved_db_path(self) -> Path:
         return self.db_path or default_data_dir() / "memory.db"
+
+    def resolved_url(self) -> str:
+        """memory_url, else the SQLite file db_path names (today's default)."""
+        return self.memory_url or str(self.resolved_db_path())
 
 
 class RemoteSettings(_Group):

@@ -172,6 +172,7 @@ class CharBot(commands.AutoShardedBot):
             "backend_ready": backend_ready,
             "backend_status": self.engine.backend.status,
             "memory": self.engine.memory_status,
+            "memory_store": self.engine.store.location,
             "latency_seconds": round(latency, 4) if math.isfinite(latency) else None,
             "queue_depth": self.gate.depth,
             "inflight": self.gate.inflight,

@@ -13,6 +13,7 @@ from discord.ext import commands
 from charbot.discord.policy import MessageFacts, conversation_id, should_answer, strip_mention
 from charbot.discord.replying import StreamedReply, send_reply
 from charbot.errors import BackendError, BusyError
+from charbot.memory import MemoryStoreError
 from charbot.scheduler import DeadlineExceeded
 
 if TYPE_CHECKING:
@@ -103,6 +104,11 @@ class ChatCog(commands.Cog):
         except BackendError as exc:
             bot.metrics.errors.labels("backend").inc()
             log.warning("generation failed in %s: %s", conversation, exc)
+            await self._say(message, exc.user_message)
+            return
+        except MemoryStoreError as exc:  # the conversation could not be read: nothing was generated
+            bot.metrics.errors.labels("memory").inc()
+            log.warning("memory unreadable for %s: %s", conversation, exc)
             await self._say(message, exc.user_message)
             return
         except discord.HTTPException as exc:
