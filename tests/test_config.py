@@ -143,6 +143,12 @@ def test_serve_settings_have_flat_names_like_every_group(isolated_env, monkeypat
         load_settings(serve_max_body_bytes=10)
 
 
+def test_shard_ids_from_the_command_line_are_comma_separated_and_within_the_count(isolated_env):
+    assert load_settings(discord_shard_ids="2,3", discord_shard_count="4").discord.shard_ids == [2, 3]
+    with pytest.raises(ConfigError, match="discord_shard_ids must be distinct numbers from 0 to 3"):
+        load_settings(discord_shard_ids="3,4", discord_shard_count="4")
+
+
 def test_a_memory_url_password_is_never_echoed(isolated_env):
     with pytest.raises(ConfigError) as caught:
         load_settings(memory_url="redis://bot:hunter2@db/0")

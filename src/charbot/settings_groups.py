@@ -67,8 +67,10 @@ class DiscordSettings(_Group):
     token_env: str = Field("DISCORD_TOKEN", description="Env var holding the bot token.")
     api_url: str | None = Field(None, description="REST base URL (a proxy, or a test server).")
     gateway_url: str | None = Field(None, description="Gateway websocket URL (a proxy, or a test server).")
-    shard_count: int | None = Field(None, ge=1)
-    shard_ids: list[int] | None = None
+    shard_count: int | None = Field(None, ge=1, description="Shards of the whole bot, all processes together (empty: Discord's advice, all here).")
+    shard_ids: list[int] | None = Field(
+        None, description="Shards this process runs, e.g. 0,1 (with shard_count; other processes run the rest). Direct messages reach shard 0 only."
+    )
     chat_channels: list[int] = Field(default_factory=list, description="Channels where every message is answered.")
     allow_dms: bool = True
     allowed_users: list[int] = Field(default_factory=list)
@@ -97,10 +99,20 @@ class DiscordSettings(_Group):
             raise ValueError("must start with ws:// or wss://")
         return value
 
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        # --shard-ids 0,1 on the command line; JSON ([0, 1]) in the environment and TOML lists work too
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _shards(self) -> DiscordSettings:
         if self.shard_ids and self.shard_count is None:
-            raise ValueError("shard_ids is set without shard_count (set CHARBOT_DISCORD_SHARD_COUNT too)")
+            raise ValueError("discord_shard_ids is set without discord_shard_count (set CHARBOT_DISCORD_SHARD_COUNT too)")
+        if self.shard_ids and self.shard_count is not None:
+            outside = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
+            if outside or len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError(f"discord_shard_ids must be distinct numbers from 0 to {self.shard_count - 1} (discord_shard_count {self.shard_count})")
         return self
 
 

@@ -178,6 +178,9 @@ class CharBot(commands.AutoShardedBot):
             "inflight": self.gate.inflight,
             "capacity": self.gate.capacity,
             "shards": sorted(self.shards) if self.is_ready() else [],
+            "shard_count": self.shard_count,
+            # Discord sends direct messages to shard 0 only: the process running it answers them
+            "direct_messages": self.shard_ids is None or 0 in self.shard_ids,
             "guilds": len(self.guilds),
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
