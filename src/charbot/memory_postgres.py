@@ -75,6 +75,19 @@ INSERT_MESSAGE = (
     "INSERT INTO messages (conversation_id, role, speaker, content, created_at, exchange_id, seq) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (exchange_id, seq) DO NOTHING"
 )
+# The exchange in one statement (so one round trip, and atomic without BEGIN/COMMIT): the conversation row
+# upserted, then its turns in order, each at most once per (exchange_id, seq).
+ADD_EXCHANGE = """
+WITH conversation AS (
+    INSERT INTO conversations (id, created_at, updated_at) VALUES (%(conversation)s, %(now)s, %(now)s)
+    ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at RETURNING id)
+INSERT INTO messages (conversation_id, role, speaker, content, created_at, exchange_id, seq)
+SELECT conversation.id, t.role, t.speaker, t.content, %(now)s, %(exchange)s::text,
+       CASE WHEN %(exchange)s::text IS NULL THEN NULL ELSE (t.n - 1)::integer END
+FROM conversation, unnest(%(roles)s::text[], %(speakers)s::text[], %(contents)s::text[]) WITH ORDINALITY AS t(role, speaker, content, n)
+ORDER BY t.n
+ON CONFLICT (exchange_id, seq) DO NOTHING
+"""
 TOUCH = (
     "INSERT INTO conversations (id, created_at, updated_at) VALUES (%s, %s, %s) "
     "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at"
@@ -82,7 +95,7 @@ TOUCH = (
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, pool_size: int = 10, pool_timeout: float = POOL_TIMEOUT):
+    def __init__(self, url: str, *, pool_size: int = 8, pool_timeout: float = POOL_TIMEOUT):
         self.location = redact(url)
         self._url = url
         self._password = urlsplit(url).password or ""
@@ -104,8 +117,10 @@ class PostgresStore:
                 raise self._config_error(exc) from None
             if applied:
                 log.warning("memory %s: applied migrations %s", self.location, ", ".join(applied))
+            # All connections are made now: libpq computes a SCRAM login on the calling thread, which is the event
+            # loop's, so logging in while serving would hold the loop for a few ms per connection.
             pool = AsyncConnectionPool(
-                self._url, min_size=1, max_size=self._pool_size, open=False, timeout=self._pool_timeout, name="charbot-memory",
+                self._url, min_size=self._pool_size, max_size=self._pool_size, open=False, timeout=self._pool_timeout, name="charbot-memory",
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                 # a connection the server dropped (restart, failover) is replaced before it is handed out
                 check=AsyncConnectionPool.check_connection,
@@ -193,12 +208,10 @@ class PostgresStore:
         return [r[0] for r in await self._fetch("SELECT name FROM _migrations ORDER BY name")]
 
     async def add_exchange(self, conversation_id: str, turns: Sequence[Turn], exchange_id: str | None = None) -> None:
-        now = time.time()
-        rows = [(conversation_id, t.role, t.speaker, t.content, now, exchange_id, i if exchange_id else None) for i, t in enumerate(turns)]
-        async with self._connection() as db, db.transaction():
-            await db.execute(TOUCH, (conversation_id, now, now))
-            async with db.cursor() as cur:
-                await cur.executemany(INSERT_MESSAGE, rows)
+        params = {"conversation": conversation_id, "now": time.time(), "exchange": exchange_id, "roles": [t.role for t in turns],
+                  "speakers": [t.speaker for t in turns], "contents": [t.content for t in turns]}
+        async with self._connection() as db:
+            await db.execute(ADD_EXCHANGE, params)
 
     async def history(self, conversation_id: str, limit: int = 200) -> list[Turn]:
         rows = await self._fetch(
