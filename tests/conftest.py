@@ -139,6 +139,12 @@ def pg_url(postgres) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
+def memory_url(request, tmp_path: Path) -> str:
+    """Each kind of memory_url in turn: a SQLite file, and an empty PostgreSQL database on the session's server."""
+    return str(tmp_path / "memory.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
 async def any_store(request, tmp_path: Path):
     """Each store implementation in turn, opened on an empty database."""
     from charbot.memory import create_store

@@ -196,13 +196,13 @@ async def test_slash_reset_forgets_the_channel(fake, world, isolated_env):
         assert bot.engine.store.sync.count_messages(f"discord:{general['id']}") == 0
 
 
-async def test_slash_persona_lists_and_switches_only_for_manage_server(fake, world, isolated_env, sample_card, tmp_path):
+async def test_slash_persona_lists_and_switches_only_for_manage_server(fake, world, isolated_env, sample_card, tmp_path, memory_url):
     guild, general, _, user = world
     cards = tmp_path / "cards"
     cards.mkdir()
     (cards / "bram.json").write_text(sample_card.model_copy(update={"data": sample_card.data.model_copy(update={"name": "Bram Salt"})}).model_dump_json())
     backend = ScriptedBackend(["Ahoy."])
-    async with running_bot(fake, backend, isolated_env / "m.db", persona_dir=cards) as bot:
+    async with running_bot(fake, backend, isolated_env / "m.db", persona_dir=cards, memory_url=memory_url) as bot:
         listing = await fake.slash("persona", channel=general, user=user, guild=guild)
         await fake.wait_for(lambda: "response" in listing)
         assert "Bram Salt" in listing["response"]["message"]["content"]

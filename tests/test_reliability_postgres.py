@@ -123,6 +123,7 @@ async def test_postgres_stopped_during_a_burst(postgres, pg_url, isolated_env, c
                 await fake.wait_for(lambda: all(replies(ch) == [MemoryStoreError.user_message] for ch in channels[4:]))
                 down = await _healthz(bot.health_port)
                 assert down["memory"].startswith("error: memory database postgresql://charbot:***@") and "unavailable" in down["memory"]
+                assert PASSWORD not in json.dumps(down)
             finally:
                 await asyncio.to_thread(postgres.start)
             # nobody intervenes: the retried writes land, and new messages are answered

@@ -98,9 +98,9 @@ async def test_a_stream_whose_reply_was_cut_to_a_sentence_says_the_final_text(is
         assert last.choices[0].finish_reason == "length" and last.model_extra["charbot"] == {"replaced": "Aye, the lamp is lit."}
 
 
-async def test_a_named_conversation_is_held_in_charbots_memory_and_reset_forgets_it(isolated_env):
+async def test_a_named_conversation_is_held_in_charbots_memory_and_reset_forgets_it(isolated_env, memory_url):
     backend = ScriptedBackend(["(warm-up)", "Gerald is my leg.", "You asked about Gerald."])
-    async with serving(backend, persona_dir=str(write_cards(isolated_env / "cards"))) as s:
+    async with serving(backend, persona_dir=str(write_cards(isolated_env / "cards")), memory_url=memory_url) as s:
         c = s.openai()
         ignored_history = [{"role": "user", "content": "IGNORED-HISTORY"}, {"role": "assistant", "content": "IGNORED-TOO"}]
         first = await c.chat.completions.create(model="orla", messages=[{"role": "user", "content": "Who is Gerald?"}],
@@ -111,15 +111,15 @@ async def test_a_named_conversation_is_held_in_charbots_memory_and_reset_forgets
         shown = [m.content for m in backend.prompts[-1].messages]
         assert shown[-3:] == ["Who is Gerald?", "Gerald is my leg.", "What did I ask?"]  # memory, then only the new message
         assert not any("IGNORED" in m for m in shown)
-        assert [t.content for t in s.api.engine.store.sync.history("api:orla:conv-1")] == [
+        assert [t.content for t in await s.api.engine.store.history("api:orla:conv-1")] == [
             "Who is Gerald?", "Gerald is my leg.", "What did I ask?", "You asked about Gerald."]
         # the `user` field names a conversation too; the same id with another character is another conversation
         await c.chat.completions.create(model="pip-tolley", user="conv-1", messages=[{"role": "user", "content": "Ferry today?"}])
         assert "Pip keeps the island ferry" in system_text(backend.prompts[-1]) and len(backend.prompts[-1].messages) == 3
-        assert s.api.engine.store.sync.count_messages("api:pip-tolley:conv-1") == 2
+        assert await s.api.engine.store.count_messages("api:pip-tolley:conv-1") == 2
         forgotten = await s.http.delete("/v1/conversations/conv-1")
         assert forgotten.status == 200 and (await forgotten.json())["messages"] == 6
-        assert s.api.engine.store.sync.count_messages() == 0
+        assert await s.api.engine.store.count_messages() == 0
 
 
 async def test_an_api_key_is_asked_for_under_v1_only(isolated_env):
