@@ -125,7 +125,12 @@ class PostgresStore:
                 # a connection the server dropped (restart, failover) is replaced before it is handed out
                 check=AsyncConnectionPool.check_connection,
             )
-            await pool.open(wait=False)
+            try:
+                await pool.open(wait=True, timeout=4 * CONNECT_TIMEOUT)
+            except PoolTimeout:
+                await pool.close()
+                raise ConfigError(f"memory_url {self.location}: could not open {self._pool_size} connections within "
+                                  f"{4 * CONNECT_TIMEOUT} s", "check the server's max_connections and the network") from None
             self._pool = pool
 
     async def close(self) -> None:
