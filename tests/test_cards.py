@@ -176,6 +176,7 @@ def test_convert_adds_a_lorebook_to_the_cards_own_book(tmp_path):
     assert len(book.entries) == 10 and book.entries[7].extensions["depth"] == 2  # SillyTavern's fields kept in extensions
 
 
+@pytest.mark.model  # sizes are counted with the embedded model's tokenizer
 def test_card_show_summarises_the_card(tmp_path):
     path = tmp_path / "wren.png"
     path.write_bytes(with_card_chunks(png_image(), chara=wren(2), ccv3=wren(3)))

@@ -16,7 +16,6 @@ The budget is applied by the prompt builder (prompt.py).
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ MAX_PATTERN = 500
 ROLES = {0: "system", 1: "user", 2: "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 AND_ANY, NOT_ALL, NOT_ANY, AND_ALL = range(4)
 _ST_REGEX = re.compile(r"^/(.+)/([a-z]*)$", re.S)
+_WORDS = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Rule:
     never: bool = False
     also_any: list[str] = field(default_factory=list)
     none_of: list[str] = field(default_factory=list)
+    patterns: dict = field(default_factory=dict)  # each key compiled once, on first use
 
 
 @dataclass
@@ -135,13 +136,13 @@ def _role(value, default: str) -> str:
 
 
 def _int(value, default):
+    """A non-negative whole number from a JSON value, or `default`."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        return max(0, int(value))
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
-@functools.lru_cache(maxsize=4096)
 def _plain(key: str, case_sensitive: bool, whole_words: bool) -> re.Pattern:
     body = r"\s+".join(re.escape(part) for part in key.split())
     if whole_words:
@@ -149,7 +150,6 @@ def _plain(key: str, case_sensitive: bool, whole_words: bool) -> re.Pattern:
     return re.compile(body, 0 if case_sensitive else re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=4096)
 def _regex(pattern: str, flags: str, case_sensitive: bool):
     """A compiled `regex` pattern, or None when it is invalid (then the key never matches, as the spec says)."""
     bits = regex.V0
@@ -169,25 +169,40 @@ class Matcher:
     def __init__(self, messages: Sequence[str], scan: Scan):
         self.newest_first = list(reversed(messages))
         self.scan = scan
+        self._words: list[set[str]] = []  # each message's words in lower case, made as deep as asked
 
-    def find(self, key: str, entry: LoreEntry, depth: int) -> int | None:
+    def _word_in(self, word: str, depth: int) -> int | None:
+        """A one-word key, case-insensitive and whole: a set lookup per message instead of a search."""
+        while len(self._words) < min(depth, len(self.newest_first)):
+            self._words.append(set(_WORDS.findall(self.newest_first[len(self._words)].lower())))
+        return next((n for n, words in enumerate(self._words[:depth], 1) if word in words), None)
+
+    def find(self, key: str, rule: Rule, depth: int) -> int | None:
         """The 1-based message (newest first) in which `key` occurs, or None."""
-        key = key.strip()
+        key, entry = key.strip(), rule.entry
         if not key:
             return None
-        case = bool(entry.case_sensitive if entry.case_sensitive is not None else entry.extensions.get("case_sensitive"))
         st = _ST_REGEX.match(key)
+        if key not in rule.patterns:
+            case = bool(entry.case_sensitive if entry.case_sensitive is not None else entry.extensions.get("case_sensitive"))
+            if entry.use_regex or st:
+                pattern, flags = (st.group(1), st.group(2)) if st else (key, "")
+                rule.patterns[key] = _regex(pattern, flags, case) if len(pattern) <= MAX_PATTERN else None
+            elif not case and entry.extensions.get("match_whole_words") is not False and _WORDS.fullmatch(key):
+                rule.patterns[key] = key.lower()  # one word: found by lookup
+            else:
+                rule.patterns[key] = _plain(key, case, entry.extensions.get("match_whole_words") is not False)
+        if isinstance(rule.patterns[key], str):
+            return self._word_in(rule.patterns[key], depth)
         if entry.use_regex or st:
-            return self._find_regex(st.group(1) if st else key, st.group(2) if st else "", case, entry, depth)
-        whole = entry.extensions.get("match_whole_words") is not False
-        pattern = _plain(key, case, whole)
+            return self._find_regex(rule.patterns[key], st.group(1) if st else key, entry, depth)
+        pattern = rule.patterns[key]
         for n, text in enumerate(self.newest_first[:depth], 1):
             if pattern.search(text):
                 return n
         return None
 
-    def _find_regex(self, pattern: str, flags: str, case: bool, entry: LoreEntry, depth: int) -> int | None:
-        compiled = _regex(pattern, flags, case) if len(pattern) <= MAX_PATTERN else None
+    def _find_regex(self, compiled, pattern: str, entry: LoreEntry, depth: int) -> int | None:
         if compiled is None:
             self.scan.notes.append(f"{entry.label}: regex key /{pattern[:60]}/ is invalid or too long (ignored)")
             return None
@@ -218,21 +233,21 @@ def _fires(rule: Rule, match: Matcher, depth: int) -> str | None:
         return "@@activate"
     if entry.constant and not entry.use_regex:
         return "constant"
-    hit = next(((k, n) for k in entry.keys if (n := match.find(k, entry, depth)) is not None), None)
+    hit = next(((k, n) for k in entry.keys if (n := match.find(k, rule, depth)) is not None), None)
     if hit is None:
         return None
     why = f"key {hit[0].strip()!r} in message {hit[1]} (newest first, scan depth {depth})"
     secondary = entry.secondary_keys or []
     if entry.selective and secondary and not entry.use_regex:
-        found = [k for k in secondary if match.find(k, entry, depth) is not None]
+        found = [k for k in secondary if match.find(k, rule, depth) is not None]
         logic = _int(entry.extensions.get("selectiveLogic"), AND_ANY)
         ok = {AND_ANY: bool(found), NOT_ALL: len(found) < len(secondary), NOT_ANY: not found, AND_ALL: len(found) == len(secondary)}
         if not ok.get(logic, bool(found)):
             return None
         why += f", secondary {'keys ' + ', '.join(map(repr, found)) if found else 'keys absent'}"
-    if rule.also_any and not any(match.find(k, entry, depth) is not None for k in rule.also_any):
+    if rule.also_any and not any(match.find(k, rule, depth) is not None for k in rule.also_any):
         return None
-    if any(match.find(k, entry, depth) is not None for k in rule.none_of):
+    if any(match.find(k, rule, depth) is not None for k in rule.none_of):
         return None
     return why
 

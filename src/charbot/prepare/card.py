@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charbot.persona import CardData, CharacterCard
-from charbot.prepare.lore_draft import LoreLines, NameFinder, key_of
+from charbot.prepare.lore_draft import LoreLines, NameFinder, key_of, vocative
 from charbot.prepare.signature import DOC_MIN_LINES, NgramStats
 from charbot.prepare.style import Habits, compare, is_real_line, words_of
 
@@ -89,8 +89,8 @@ class _Best:
 
 
 class CardDrafts:
-    def __init__(self, title: str, targets: list[str], lines: Counter[str]):
-        self.title, self.targets = title, set(targets)
+    def __init__(self, title: str, targets: list[str], lines: Counter[str], unit: str = "episode"):
+        self.title, self.targets, self.unit = title, set(targets), unit  # unit: "scene" where the script has no episodes
         self.ngrams = NgramStats({s for s, n in lines.items() if n >= DOC_MIN_LINES})
         # names are measured as "calls X by name", not as signature words
         self.name_words = {w for s in self.ngrams.documents for w in words_of(s)}
@@ -134,7 +134,7 @@ class CardDrafts:
         who = line.speaker
         for key, spelled, _ in self.names.runs(line.text):
             if key in self.lore.names and key != key_of(who):
-                (self.addressed if _vocative(line.text, spelled) else self.about)[who][spelled] += 1
+                (self.addressed if vocative(line.text, spelled) else self.about)[who][spelled] += 1
         if not is_real_line(line.text, words) or len(words) > MAX_EXAMPLE_WORDS:
             return
         score = self.ngrams.distinctiveness(who, words)
@@ -145,17 +145,18 @@ class CardDrafts:
 
     def card(self, name: str, notes: str, fallback_greeting: str) -> CharacterCard:
         habits = self.habits[name]
-        own = {key_of(name), *key_of(name).split()}
+        own = {key_of(name), *(key_of(w) for w in name.split())}
         signature = self.ngrams.signature(name, exclude=self.name_words)
         examples = _spread(self.exchanges[name].ranked(), EXAMPLES)
         greetings = [text for _, text, _ in _spread(self.openers[name].ranked(), GREETINGS)] or [fallback_greeting]
         mes_example = "\n".join(f"<START>\n{{{{user}}}}: {before}\n{{{{char}}}}: {text}" for _, text, _, before in examples)
-        book = self.lore.lorebook(self.title, own) if self.lore else None
+        book = self.lore.lorebook(self.title, own, name) if self.lore else None
+        personality, figures = self._personality(name, habits, signature)
         return CharacterCard(
             spec="chara_card_v3", spec_version="3.0",
             data=CardData(
-                name=name, description=self._description(name), personality=self._personality(name, habits, signature),
-                first_mes=greetings[0], alternate_greetings=greetings[1:], mes_example=mes_example, creator_notes=notes,
+                name=name, description=self._description(name), personality=personality,
+                first_mes=greetings[0], alternate_greetings=greetings[1:], mes_example=mes_example, creator_notes=notes + figures,
                 tags=["charbot-prepare"], creator="charbot prepare", character_version="2",
                 character_book=book if book is not None and book.entries else None, group_only_greetings=[],
                 extensions={"charbot": {"source": self.title, "traits": habits.as_dict(), "cast_traits": self.cast.as_dict(), "signature": signature}},
@@ -168,8 +169,10 @@ class CardDrafts:
 
     def _description(self, name: str) -> str:
         episodes = list(self.episodes[name])
-        shown = ", ".join(episodes[:5]) + (f" and {len(episodes) - 5} more" if len(episodes) > 5 else "")
-        text = f"{name} is a character in {self.title}, in {len(episodes)} episode{'s' * (len(episodes) != 1)} of the script ({shown})."
+        text = f"{name} is a character in {self.title}, in {len(episodes)} {self.unit}{'s' * (len(episodes) != 1)} of the script"
+        if self.unit == "episode":
+            text += " (" + ", ".join(episodes[:5]) + (f" and {len(episodes) - 5} more" if len(episodes) > 5 else "") + ")"
+        text += "."
         partners = [f"{who} ({n} exchange{'s' * (n != 1)})" for who, n in self.partners[name].most_common(3)]
         if partners:
             text += f" {name} talks most with {_listed(partners)}."
@@ -178,23 +181,18 @@ class CardDrafts:
             text += f" {name} talks most often about {_listed(about)}."
         return text
 
-    def _personality(self, name: str, habits: Habits, signature: list[str]) -> str:
-        parts = compare(habits, self.cast)
+    def _personality(self, name: str, habits: Habits, signature: list[str]) -> tuple[str, str]:
+        """The personality text (plain phrases: a model reads it) and the figures behind it (for the notes)."""
+        traits = compare(habits, self.cast)
         called = self.addressed[name].most_common(1)
         if called and habits.lines and called[0][1] / habits.lines >= 0.05:
-            parts.append(f"calls {called[0][0]} by name ({called[0][1] / habits.lines:.0%} of lines)")
-        text = ("Speech, measured against the rest of the cast: " + "; ".join(parts) + ".") if parts else ""
+            traits.append((f"calls {called[0][0]} by name a lot", f"names {called[0][0]} in {called[0][1] / habits.lines:.0%} of lines"))
+        phrases = [phrase for phrase, _ in traits]
+        text = f"{name} {_listed(phrases)}." if phrases else ""
         if signature:
-            text += f" Signature words and phrases: {', '.join(f'“{s}”' for s in signature)}."
-        return text.strip()
-
-
-def _vocative(text: str, spelled: str) -> bool:
-    """The name is said to someone ("Morty, …", "…, Morty!") rather than about them."""
-    at = text.find(spelled)
-    after = text[at + len(spelled) : at + len(spelled) + 1]
-    before = text[:at].rstrip()
-    return after in (",", "!", "?") and (not before or before[-1] in ",.!?") or (before.endswith(",") and after in ("", ".", "!", "?"))
+            text += f" Favourite words and phrases: {', '.join(f'“{s}”' for s in signature)}."
+        figures = "; ".join(f for _, f in traits)
+        return text.strip(), f" Measured against the rest of the cast: {figures}." if figures else ""
 
 
 def _spread(ranked: list[tuple], n: int) -> list[tuple]:

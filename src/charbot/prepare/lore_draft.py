@@ -32,6 +32,7 @@ MAX_ENTRIES = 12
 LINES_PER_ENTRY = 2
 MAX_WORDS = 450  # the whole book's content
 TOKEN_BUDGET = 500
+OWN_BONUS = 1.5  # the card's own character's lines about a name come first, unless another line defines it better
 
 
 def key_of(name: str) -> str:
@@ -44,7 +45,7 @@ def key_of(name: str) -> str:
 
 
 def _surface(name: str) -> str:
-    name = re.sub(r"['’]s$", "", name).rstrip(".-")
+    name = re.sub(r"['’]s$", "", name).rstrip(".-'’")
     parts = name.split("-")  # a stutter ("M-Morty") is not a spelling
     while len(parts) > 1 and parts[1].lower().startswith(parts[0].lower()):
         parts = parts[1:]
@@ -72,7 +73,7 @@ class NameFinder:
         out = []
         for m in _RUN.finditer(text):
             spelled = _surface(m.group(0))
-            if spelled.isupper() and len(spelled) > 1 or spelled.lower() in NOT_NAMES:
+            if spelled.isupper() and len(spelled) > 1 or spelled.lower() in NOT_NAMES or spelled.lower().rstrip(".") in TITLES:
                 continue
             key = key_of(spelled)
             if len(key) >= 2:
@@ -80,7 +81,7 @@ class NameFinder:
         return out
 
     def add(self, text: str, episode: str) -> None:
-        self.lower.bump(w for w in re.findall(r"\b[a-z][a-z'-]*", text))
+        self.lower.bump(re.sub(r"[^a-z0-9]", "", w) for w in re.findall(r"\b[a-z][a-z'’-]*", text))  # keyed as names are
         for key, spelled, inside in self.runs(text):
             if key not in self.names and len(self.names) > 50_000:
                 continue  # a bound for pathological input; real scripts name far fewer things
@@ -99,13 +100,13 @@ class NameFinder:
                 continue
             one_word = " " not in max(name.spellings, key=name.spellings.get)
             lower_uses = self.lower[key] if one_word else 0
-            if key in self.speaker_keys or (name.inside >= 2 and lower_uses < 0.25 * name.inside):
+            if lower_uses < 0.25 * max(name.inside, 1) and (key in self.speaker_keys or name.inside >= 2):
                 found[key] = name
-        for key, name in list(found.items()):  # "Morty Smith" is Morty, spelled in full
-            first = key_of(max(name.spellings, key=name.spellings.get).split()[0])
-            if first != key and first in found:
-                found[first].spellings.update(name.spellings)
-                found[first].episodes |= name.episodes
+        for key, name in list(found.items()):  # "Morty Smith" is Morty, spelled in full ("Springfield Elementary" is not Springfield)
+            first, *rest = max(name.spellings, key=name.spellings.get).split()
+            if rest and key_of(first) in found and key_of(first) != key and all(key_of(w) in found for w in rest):
+                found[key_of(first)].spellings.update(name.spellings)
+                found[key_of(first)].episodes |= name.episodes
                 del found[key]
         ranked = sorted(found.items(), key=lambda kv: (-len(kv[1].episodes), -kv[1].mentions, kv[0]))
         return dict(ranked[:limit])
@@ -114,9 +115,17 @@ class NameFinder:
 _DEFINING = ("{n} is ", "{n} was ", "{n}'s a ", "{n} are ", "{n}, the ", "{n}, my ", "{n}, a ", "called {n}", "named {n}")
 
 
+def vocative(text: str, spelled: str) -> bool:
+    """The name is said to someone ("Morty, …", "…, Morty!") rather than about them."""
+    at = text.find(spelled)
+    after = text[at + len(spelled) : at + len(spelled) + 1]
+    before = text[:at].rstrip()
+    return after in (",", "!", "?") and (not before or before[-1] in ",.!?") or (before.endswith(",") and after in ("", ".", "!", "?"))
+
+
 def defining_score(text: str, spelling: str, words: int) -> float:
     low, n = text.lower(), spelling.lower()
-    score = 3.0 if any(frame.format(n=n) in low for frame in _DEFINING) else 0.0
+    score = -2.0 if vocative(text, spelling) else 3.0 if any(frame.format(n=n) in low for frame in _DEFINING) else 0.0
     score -= abs(words - 16) / 8  # a full sentence, not a shout and not a speech
     return score - (1.0 if text.rstrip().endswith("?") else 0.0)
 
@@ -136,23 +145,25 @@ class LoreLines:
             if heap is None or any(line == text for _, _, _, line in heap):
                 continue
             item = (defining_score(text, spelled, words), episode, speaker, text)
-            if len(heap) < 6:
+            if len(heap) < 12:
                 heapq.heappush(heap, item)
             elif item > heap[0]:
                 heapq.heapreplace(heap, item)
 
-    def lorebook(self, title: str, exclude: set[str]) -> Lorebook:
+    def lorebook(self, title: str, exclude: set[str], character: str) -> Lorebook:
+        """The book for `character`'s card: their own lines about each name first (the world as they see
+        it), quoted in prose rather than as script lines, which a small model would carry on as a script."""
         entries, words = [], 0
         for key, name in self.names.items():
             if key in exclude or not self.best[key]:
                 continue
             lines, episodes = [], set()
-            for score, episode, speaker, text in sorted(self.best[key], reverse=True):
+            for score, episode, speaker, text in sorted(self.best[key], key=lambda item: (item[0] + OWN_BONUS * (item[2] == character), item), reverse=True):
                 if episode not in episodes and len(lines) < LINES_PER_ENTRY:
-                    lines.append(f"{speaker}: {text}")
+                    lines.append(f"{speaker} says: “{text}”")
                     episodes.add(episode)
             display = max(name.spellings, key=lambda s: (name.spellings[s], s))
-            content = f"{display} (named in {len(name.episodes)} episodes). From the script:\n" + "\n".join(lines)
+            content = f"{display}, named in {len(name.episodes)} episodes. In the script, " + " And ".join(lines)
             size = len(content.split())
             if words + size > MAX_WORDS:
                 continue

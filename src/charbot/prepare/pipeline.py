@@ -139,7 +139,7 @@ def prepare(
         written = outs.commit()
     if existing is not None:
         written["persona.json"] = card_path
-    written.update({f"cards/{p.name}": save_card(drafted[n], p) for n, p in cast_paths.items()})
+    written.update({f"cards/{p.name}": save_card(drafted[n], p) for n, p in cast_paths.items() if n in drafted})
     return PrepareResult(out_dir, rep, written, card)
 
 
@@ -267,9 +267,11 @@ def _draft_cards(src: ScriptSource, rep: PrepareReport, reading: Reading, splits
     reading.spool.close()
     if not main and not cast:
         return {}
-    drafts = CardDrafts(_title(src), [*main, *cast], reading.tally.lines)
+    drafts = CardDrafts(_title(src), [*main, *cast], reading.tally.lines, "episode" if src.columns.episode else "scene")
     drafts.run(reading.spool, lambda episode: splits(episode) == "train")
-    cards = {n: drafts.card(n, _notes(src, rep, n, reading.tally.lines[n]), reading.first_line if n in main else "") for n in [*main, *cast]}
+    # a cast member heard only in held-out episodes gets no card: there is nothing to draft it from
+    names = [*main, *(n for n in cast if drafts.habits[n].lines)]
+    cards = {n: drafts.card(n, _notes(src, rep, n, reading.tally.lines[n]), reading.first_line if n in main else "") for n in names}
     if draft_with is None:
         return cards
     from charbot.prepare.model_draft import redraft_all

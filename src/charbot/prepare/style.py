@@ -94,25 +94,26 @@ class Habits:
 
 
 SHARES = {
-    "questions": ("asks questions", "rarely asks questions"),
+    "questions": ("asks a lot of questions", "rarely asks questions"),
     "exclamations": ("exclaims a lot", "rarely exclaims"),
     "stutter_lines": ("stutters", ""),
     "trailing": ("trails off or breaks off mid-sentence", ""),
 }
 
 
-def compare(own: Habits, cast: Habits) -> list[str]:
-    """The habits that set a speaker apart from the cast, as short phrases with the figures."""
+def compare(own: Habits, cast: Habits) -> list[tuple[str, str]]:
+    """The habits that set a speaker apart from the cast: (a phrase for the card, the figures behind it)."""
     traits = []
     ratio = own.mean_words / cast.mean_words if cast.mean_words else 1.0
     if ratio >= 1.2 or ratio <= 0.8:
-        kind = "long, talkative lines" if ratio > 1 else "short, clipped lines"
-        traits.append(f"{kind} ({own.mean_words:.1f} words a line; the cast {cast.mean_words:.1f})")
+        kind = "speaks in long, talkative lines" if ratio > 1 else "speaks in short, clipped lines"
+        traits.append((kind, f"{own.mean_words:.1f} words a line, the cast {cast.mean_words:.1f}"))
     for name, (more, less) in SHARES.items():
         mine, theirs = own.share(name), cast.share(name)
+        figures = f"{name.replace('_lines', 's')} in {mine:.0%} of lines, the cast {theirs:.0%}"
         if mine >= max(1.3 * theirs, theirs + 0.03) and mine >= 0.05:
-            extra = f": {', '.join(repr(s) for s in own.stutter_examples[:3])}" if name == "stutter_lines" and own.stutter_examples else ""
-            traits.append(f"{more} ({mine:.0%} of lines; the cast {theirs:.0%}{extra})")
+            examples = f" ({', '.join(repr(s) for s in own.stutter_examples[:3])})" if name == "stutter_lines" and own.stutter_examples else ""
+            traits.append((more + examples, figures))
         elif less and theirs >= 0.05 and mine <= 0.7 * theirs:
-            traits.append(f"{less} ({mine:.0%} of lines; the cast {theirs:.0%})")
+            traits.append((less, figures))
     return traits
