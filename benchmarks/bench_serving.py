@@ -165,7 +165,7 @@ async def serving(args) -> None:
             print(f"| {n} | {name} | {t['n']} | {t['p50']:.2f} s | {t['p95']:.2f} s | {t['ttft'] * 1000:.0f} ms | "
                   f"{t['decode_ms']:.1f} | {t['tok_s']:.1f} | {t['tok_s'] / ceiling[n]:.2f} |")
     print()
-    print(f"| N | decode-step ceiling tok/s | charbot/llama-server aggregate tok/s | charbot/llama-server p95 |")
+    print("| N | decode-step ceiling tok/s | charbot/llama-server aggregate tok/s | charbot/llama-server p95 |")
     print("|---|---|---|---|")
     ours, peer = names[1], names[2]
     for n in sizes:

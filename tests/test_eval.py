@@ -138,3 +138,27 @@ def test_eval_cli_rejects_zero_samples(setup, capsys):
     assert exc.value.code != 0
     err = capsys.readouterr().err
     assert "--samples must be at least 1" in err and "Traceback" not in err
+
+
+def test_eval_with_a_card_sends_what_chat_would(setup, tmp_path):
+    """--persona CARD: the persona rows get the card as chat renders it (text, fired lore, examples, greeting)
+    in place of val.jsonl's system message; the reference reply and the context stay the same."""
+    from card_files import wren
+    from charbot.eval.run import Candidate, evaluate, with_card
+    from charbot.persona import parse_card
+
+    data, base, _ = setup
+    card = parse_card(wren(2))
+    val = load_jsonl(data / "val.jsonl")
+    val[0].messages[-2]["content"] += " Is the Heron yours?"
+    shown = with_card(val, card, lambda t: len(t.split()), max_new_tokens=40)
+    first = shown[0].messages
+    assert first[0]["role"] == "system" and first[0]["content"].startswith("You are Wren.")
+    assert "The Heron is Wren's narrowboat" in first[0]["content"] and "Example of how Wren talks:" in first[0]["content"]
+    assert first[1] == {"role": "assistant", "content": "Tie up on the left, the right bollard's loose."}  # the greeting
+    assert first[2:] == val[0].messages[1:]  # then the example's own turns, its reply last
+    assert all("narrowboat" not in ex.messages[0]["content"] for ex in shown[1:])  # lore only where the context names it
+    rows = evaluate(data, tmp_path / "report", [Candidate("base", str(base), persona=False), Candidate("base + persona", str(base))],
+                    limit=2, max_new_tokens=4, samples=1, card=card)
+    plain = evaluate(data, tmp_path / "plain", [Candidate("base + persona", str(base))], limit=2, max_new_tokens=4, samples=1)
+    assert rows[1].perplexity != plain[0].perplexity and rows[0].perplexity > 1

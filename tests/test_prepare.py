@@ -117,10 +117,11 @@ def test_card_is_valid_and_built_from_real_lines(orla):
     real = {text for _, _, text in sample_rows()}
     assert card.data.first_mes in real
     blocks = example_dialogues(card)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     for block in blocks:
         assert [t.speaker for t in block] == ["{{user}}", "{{char}}"]
         assert block[0].text in real and block[1].text in real
+        assert len(block[1].text.split()) >= 6  # several words, not an interjection
     assert "174 rows read" in card.data.creator_notes
 
 
@@ -330,7 +331,8 @@ def test_cast_adds_other_speakers_to_train_only(tmp_path, val_fraction):
         assert r["messages"][-1]["role"] == "assistant" and f"{r['speaker']}: " not in r["messages"][-1]["content"]
     assert res.report.cast["examples"] == len(cast) > len(own)
     assert res.report.cast["speakers"] == 4 and plain.report.cast == {}
-    assert sorted(p.name for p in (tmp_path / "cast").iterdir()) == ["persona.json", "report.json", "train.jsonl", "val.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "cast").iterdir()) == ["cards", "persona.json", "report.json", "train.jsonl", "val.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "cast" / "cards").iterdir()) == ["dr-hollis.json", "mayor-grubb.json", "pip.json", "tamsin.json"]
 
 
 def test_cast_minimum_lines_filters_speakers(tmp_path):

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from charbot.cards import find_card
 from charbot.errors import ConfigError
 from charbot.rendering import Renderer
 
@@ -55,8 +56,7 @@ def load_prepared(directory: Path) -> tuple[list[Example], list[Example], Path |
     train = load_jsonl(directory / "train.jsonl")
     val_path = directory / "val.jsonl"
     val = load_jsonl(val_path) if val_path.is_file() else []
-    persona = directory / "persona.json"
-    return train, val, persona if persona.is_file() else None
+    return train, val, find_card(directory)
 
 
 def encode(tokenizer, renderer: Renderer, messages: list[dict], *, last_only: bool = False, speaker: str | None = None) -> tuple[list[int], list[int]]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 
 from charbot.backends.base import Backend, PromptFormat
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
+from charbot.lore_scan import scan
+from charbot.lorebook import Lorebook
 from charbot.memory import MemoryStoreError, MemoryStore, Turn
 from charbot.persona import CharacterCard, render
 from charbot.prompt import BuiltPrompt, PromptBuilder
@@ -36,6 +38,21 @@ class Reply:
     prompt_tokens: int = 0
 
 
+def card_prompt(
+    builder: PromptBuilder, card: CharacterCard, user_name: str, history: Sequence[Turn], text: str, speaker: str | None,
+    lorebooks: Sequence[tuple[str, Lorebook]] = (), history_start: int = 0,
+) -> BuiltPrompt:
+    """The prompt for `text` after `history` with `card` as persona: the lorebook entries that the conversation
+    fires (the card's own book first, as SillyTavern orders them, then `lorebooks`) placed inside the budget."""
+    books = ([(f"{card.name}'s card", card.book)] if card.book is not None and card.book.entries else []) + list(lorebooks)
+    lore = scan(books, [t.content for t in history] + [text]) if books else None
+    built = builder.build(
+        render(card, user_name), history, text, speaker, lore.fired if lore else (),
+        {name: book.token_budget for name, book in books if book.token_budget is not None}, history_start,
+    )
+    return replace(built, lore_notes=tuple(lore.notes)) if lore and lore.notes else built
+
+
 class Engine:
     def __init__(
         self,
@@ -49,6 +66,7 @@ class Engine:
         fallback_reply: str = "...",
         personas: Mapping[str, CharacterCard] | None = None,
         scheduler: Scheduler | None = None,
+        lorebooks: Sequence[tuple[str, Lorebook]] = (),
     ):
         self.backend = backend
         self.store = store
@@ -58,6 +76,7 @@ class Engine:
         self.user_name = user_name
         self.fallback_reply = fallback_reply
         self._format = prompt_format
+        self.lorebooks = list(lorebooks)  # (name, book): for every character, after the card's own book
         self.memory_status = "ok"  # or "error: …" while replies cannot be saved
         # Every generation goes through the scheduler: as many at once as the backend can serve.
         self.scheduler = scheduler or Scheduler(backend.parallel)
@@ -110,7 +129,7 @@ class Engine:
         # {{user}} is the configured user name, not this message's speaker: in a group chat several people
         # talk, each named in their own turn, and a persona text that is the same for every conversation
         # lets batched backends share its KV cache.
-        built = builder.build(render(card, self.user_name), history, text, speaker, start)
+        built = card_prompt(builder, card, self.user_name, history, text, speaker, self.lorebooks, start)
         # tagged with its conversation, so a backend's prompt cache can drop it when the conversation is reset
         return replace(built, prompt=replace(built.prompt, cache_key=conversation_id or None)), card
 

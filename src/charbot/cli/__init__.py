@@ -16,6 +16,8 @@ COMMANDS = {
     "train": "charbot.cli.train:train",
     "eval": "charbot.cli.evaluate:evaluate",
     "export-gguf": "charbot.cli.export:export_gguf",
+    "card": "charbot.cli.card:card",
+    "prompt": "charbot.cli.prompt:prompt_cmd",
 }
 
 

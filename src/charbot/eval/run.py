@@ -11,10 +11,11 @@ from charbot.errors import ConfigError
 from charbot.eval import metrics
 from charbot.eval.perplexity import response_perplexity
 from charbot.eval.persona_score import PersonaClassifier, split_lines
-from charbot.dataset import load_prepared
+from charbot.dataset import Example, load_prepared
 from charbot.generation import GenerationSettings, clean_reply
 from charbot.rendering import Renderer
 
+USER_PLACEHOLDER = "User"  # what {{user}} is in the examples `prepare` writes
 
 @dataclass
 class Candidate:
@@ -81,8 +82,28 @@ def generate(model, tok, renderer: Renderer, messages: list[dict], settings: Gen
     return [clean_reply(raw, char=character, user_names=user_names) for raw in raws]
 
 
+def with_card(examples: list[Example], card, count_tokens, max_new_tokens: int, context_window: int = 2048) -> list[Example]:
+    """Each held-out example with the persona that chat and Discord would send for `card` in place of the system
+    message `prepare` wrote: the card's text and the lorebook entries its context fires, the example dialogue
+    and greeting, then the example's own turns (as much of them as the context window holds)."""
+    from charbot.engine import card_prompt
+    from charbot.memory import Turn
+    from charbot.prompt import PromptBuilder
+
+    builder = PromptBuilder(count_tokens, context_window=context_window, max_new_tokens=max_new_tokens, fmt="chat")
+    out = []
+    for ex in examples:
+        context = [m for m in ex.messages[:-1] if m["role"] != "system"]
+        history = [Turn(m["role"], m["content"]) for m in context[:-1]]
+        built = card_prompt(builder, card, USER_PLACEHOLDER, history, context[-1]["content"], None)
+        messages = [{"role": m.role, "content": m.content} for m in built.prompt.messages] + [ex.messages[-1]]
+        out.append(Example(messages, ex.episode, ex.speaker))
+    return out
+
+
 def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limit: int = 40, max_new_tokens: int = 40, seed: int = 0, samples: int = 1,
-             progress=None) -> list[Row]:
+             progress=None, card=None) -> list[Row]:
+    """`card`: the persona rows use it as chat sends it (`with_card`) instead of the system message in val.jsonl."""
     train, val, _ = load_prepared(data_dir)
     if not val:
         raise ConfigError(f"{data_dir}/val.jsonl is missing or empty", "run `charbot prepare` with a validation split (held-out episodes)")
@@ -100,6 +121,8 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
         renderer = Renderer.for_tokenizer(tok)
         named = (trained_named(path) if cand.named is None else cand.named) and renderer.fmt == "chat"
         examples = held_out
+        if card is not None and cand.persona and renderer.fmt == "chat":
+            examples = with_card(held_out, card, lambda text: len(tok(text, add_special_tokens=False)["input_ids"]), max_new_tokens)
         ppl = response_perplexity(model, tok, renderer, examples, persona=cand.persona, named=named)
         replies = []
         for i, ex in enumerate(examples):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from charbot.persona import render
-from charbot.prepare.card import CardDrafter, build_card
+from charbot.prepare.card import stub_card
 from charbot.prepare.examples import Line, Spool, dialogue_words, to_messages
 
 
@@ -32,7 +32,7 @@ class CastExamples:
     def add(self, before: list[Line], line: Line) -> None:
         system = self._systems.get(line.speaker)
         if system is None:
-            card = build_card(line.speaker, self.title, CardDrafter(line.speaker), "", line.text)
+            card = stub_card(line.speaker, self.title)
             system = self._systems[line.speaker] = render(card, self.user).system
         messages = to_messages(system, line.speaker, before, line)
         if messages is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charbot.persona import CharacterCard, load_card, render, save_card
-from charbot.prepare.card import CardDrafter, Candidate, build_card
+from charbot.prepare.card import CardDrafts, DraftLine, LineSpool, stub_card
 from charbot.prepare.cast import CastExamples
 from charbot.prepare.clean import DROP_EMPTY_ROW, SpeakerNames, classify, normalize_speaker, parse_aliases
 from charbot.prepare.errors import ScriptError
@@ -95,8 +95,12 @@ def prepare(
     force: bool = False,
     cast: int = 0,
     show_progress: bool = False,
+    draft_with=None,
 ) -> PrepareResult:
-    """`cast` > 0: also train on every other speaker with at least that many lines (see prepare/cast.py)."""
+    """`cast` > 0: also train on every other speaker with at least that many lines (see prepare/cast.py), and
+    draft a card for each (cards/<name>.json). `draft_with`: a Backend that writes the drafted cards'
+    description and personality from sampled lines (prepare/model_draft.py); the statistical draft stays
+    where its reply is unusable."""
     _validate(str(script), character, context, val_fraction, cast)
     names = SpeakerNames(parse_aliases(aliases, where=str(script)))
     src = open_script(script, speaker_col=speaker_col, line_col=line_col, episode_col=episode_col)
@@ -107,7 +111,7 @@ def prepare(
     with OutputSet(out_dir) as outs:
         split_paths = {split: outs.temp(f"{split}.jsonl") for split in SPLITS}  # first in the report's list of outputs
         with Sinks(outs, _title(src), context, wide_csv, cast) as sinks:
-            reading = Reading(src, names, character, existing, sinks)
+            reading = Reading(src, names, character, existing, sinks, LineSpool(outs.scratch("lines.jsonl")))
             with _progress(src, show_progress) as on_read:
                 reading.run(on_read)
         name = _check(src, character, reading)
@@ -122,13 +126,20 @@ def prepare(
         )
         if len(splits.of) < 2:
             rep.notes.append("one episode only: no validation split (give the file an episode column, or --episode-col)")
-        card = existing if existing is not None else _draft_card(rep, src, reading, outs.temp("persona.json"))
+        cast_names = [n for n, c in reading.tally.lines.items() if cast and c >= cast and n != name]
+        cast_paths = {n: out_dir / "cards" / f"{slugify(n)}.json" for n in cast_names}
+        cast_paths = {n: p for n, p in cast_paths.items() if force or not p.exists()}  # existing cards are kept
+        drafted = _draft_cards(src, rep, reading, splits, [name] if existing is None else [], list(cast_paths), draft_with)
+        card = existing if existing is not None else drafted[name]
+        if existing is None:
+            save_card(card, outs.temp("persona.json"))
         rep.card = f"kept existing {card_path} (use --force to redraft)" if existing is not None else f"drafted {card_path}"
         rep.outputs = {name: str(outs.final(name)) for name in [*outs.names, "report.json"]}
         outs.temp("report.json").write_text(rep.to_json(), encoding="utf-8")
         written = outs.commit()
     if existing is not None:
         written["persona.json"] = card_path
+    written.update({f"cards/{p.name}": save_card(drafted[n], p) for n, p in cast_paths.items() if n in drafted})
     return PrepareResult(out_dir, rep, written, card)
 
 
@@ -167,12 +178,12 @@ class Sinks:
 class Reading:
     """One pass over the script: every row is classified and counted, and the character's lines become examples."""
 
-    def __init__(self, src: ScriptSource, names: SpeakerNames, character: str, existing: CharacterCard | None, sinks: Sinks):
-        self.src, self.names, self.existing, self.sinks = src, names, existing, sinks
+    def __init__(self, src: ScriptSource, names: SpeakerNames, character: str, existing: CharacterCard | None, sinks: Sinks, spool: LineSpool):
+        self.src, self.names, self.existing, self.sinks, self.spool = src, names, existing, sinks, spool
         self.char_key = names.key(character)
         self.tally = Tally()
         self.window = ContextWindow(sinks.context)
-        self.drafter = CardDrafter(character)
+        self.entered: tuple[str, set[str]] = ("", set())  # the current episode and who has spoken in it
         self.name: str | None = None  # the character as the script spells it, from its first usable line
         self.first_line = ""
         self.system = ""
@@ -190,19 +201,26 @@ class Reading:
                 scene += row.dropped == DROP_EMPTY_ROW and not self.src.columns.episode
                 continue
             before = self.window.before(row.line)
-            self.drafter.observe(row.line.text, is_char)
+            self._spool(before, row.line)
             if is_char:
                 self._reply(before, row.line)
             elif self.sinks.cast is not None:
                 self.sinks.cast.add(before, row.line)
             self.window.push(row.line)
 
+    def _spool(self, before: list[Line], line: Line) -> None:
+        episode, seen = self.entered
+        if episode != line.episode:
+            self.entered = episode, seen = line.episode, set()
+        prev = before[-1] if before else None
+        self.spool.add(DraftLine(line.episode, line.speaker, line.text, prev.speaker if prev else "", prev.text if prev else "", line.speaker not in seen))
+        seen.add(line.speaker)
+
     def _reply(self, before: list[Line], line: Line) -> None:
-        opener = line.episode not in self.tally.character_episodes
         self.tally.character_episodes.add(line.episode)
         if self.name is None:
             self.name, self.first_line = line.speaker, line.text
-            card = self.existing or build_card(line.speaker, _title(self.src), CardDrafter(line.speaker), "", line.text)
+            card = self.existing or stub_card(line.speaker, _title(self.src))
             self.system = render(card, USER_PLACEHOLDER).system
         messages = to_messages(self.system, self.name, before, line)
         if messages is None:
@@ -210,8 +228,6 @@ class Reading:
             return
         self.sinks.example(messages, before, line)
         self.tally.episode_examples[line.episode] += 1
-        if before[-1].speaker != self.name:
-            self.drafter.offer(Candidate(before[-1].text, line.text, line.episode, opener), line.words)
 
 
 def _check(src: ScriptSource, character: str, reading: Reading) -> str:
@@ -246,13 +262,27 @@ def _write_splits(paths: dict[str, Path], sinks: Sinks, splits: Splits, tally: T
             tally.cast = sinks.cast.merge_into(train, tally.lines, lambda episode: splits(episode) == "train")
 
 
-def _draft_card(rep: PrepareReport, src: ScriptSource, reading: Reading, path: Path) -> CharacterCard:
-    notes = (
+def _draft_cards(src: ScriptSource, rep: PrepareReport, reading: Reading, splits: Splits, main: list[str], cast: list[str], draft_with) -> dict[str, CharacterCard]:
+    """The cards asked for, drafted from the training episodes' lines (and redrafted by `draft_with`)."""
+    reading.spool.close()
+    if not main and not cast:
+        return {}
+    drafts = CardDrafts(_title(src), [*main, *cast], reading.tally.lines, "episode" if src.columns.episode else "scene")
+    drafts.run(reading.spool, lambda episode: splits(episode) == "train")
+    # a cast member heard only in held-out episodes gets no card: there is nothing to draft it from
+    names = [*main, *(n for n in cast if drafts.habits[n].lines)]
+    cards = {n: drafts.card(n, _notes(src, rep, n, reading.tally.lines[n]), reading.first_line if n in main else "") for n in names}
+    if draft_with is None:
+        return cards
+    from charbot.prepare.model_draft import redraft_all
+
+    return redraft_all({n: (c, drafts.sample(n)) for n, c in cards.items()}, draft_with)
+
+
+def _notes(src: ScriptSource, rep: PrepareReport, name: str, lines: int) -> str:
+    return (
         f"Drafted by `charbot prepare` from {src.path.name}: {rep.rows_read:,} rows read, {rep.rows_kept:,} kept; "
-        f"{rep.character} has {rep.character_lines:,} lines in {rep.character_episodes:,} episode(s); "
-        f"{rep.speakers:,} speakers in all (most lines: {', '.join(f'{n} {c:,}' for n, c in rep.top_speakers[:5])}). "
-        "Example dialogue and first message are real lines from the script; edit this card freely."
+        f"{name} has {lines:,} lines; {rep.speakers:,} speakers in all (most lines: {', '.join(f'{n} {c:,}' for n, c in rep.top_speakers[:5])}). "
+        "Everything here comes from the training episodes: the description and personality are measured, the example dialogue, "
+        "greetings and lorebook lines are real lines from the script. Edit this card freely."
     )
-    card = build_card(rep.character, _title(src), reading.drafter, notes, reading.first_line)
-    save_card(card, path)
-    return card

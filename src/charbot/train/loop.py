@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charbot.errors import ConfigError, ModelError
-from charbot.persona import load_card
+from charbot.persona import load_card, save_card
 from charbot.train import outputs
 from charbot.train.config import TrainConfig
 from charbot.dataset import load_prepared
@@ -157,7 +157,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # 1. data and base model
     train_ex, val_ex, persona_path = load_prepared(cfg.data)
-    character = (train_ex[0].speaker or (load_card(persona_path).name if persona_path else "the character"))
+    card = load_card(persona_path) if persona_path else None  # a bad card fails now, not after training
+    character = train_ex[0].speaker or (card.name if card else "the character")
     phases = training_phases(cfg, train_ex, character)
     base = resolve_base(cfg.base_model)
     model, tokenizer = load_base(base)
@@ -228,8 +229,10 @@ def save_outputs(out: Path, model, tokenizer, cfg: TrainConfig, metrics: dict, h
     model.generation_config = outputs.generation_config(tokenizer)
     model.save_pretrained(stage)
     tokenizer.save_pretrained(stage)
-    if persona_path is not None:
+    if persona_path is not None and persona_path.name == "persona.json":
         shutil.copyfile(persona_path, stage / "persona.json")
+    elif persona_path is not None:  # a PNG or CHARX card: serving finds persona.json beside the model
+        save_card(load_card(persona_path), stage / "persona.json")
     config = cfg.to_dict()
     (stage / "training_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     outputs.write_metrics(stage / "metrics.json", metrics)
