@@ -36,6 +36,7 @@ class Reply:
     turns_in_prompt: int
     fallback: bool = False
     prompt_tokens: int = 0
+    lore: tuple[str, ...] = ()  # the lorebook entries placed in the prompt: "label (why)"
 
 
 def card_prompt(
@@ -199,7 +200,8 @@ class Engine:
         fallback = not is_usable(reply, text)
         if fallback:
             reply = self.fallback_reply
-        return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback, built.prompt_tokens)
+        lore = tuple(f"{use.entry.label} ({use.entry.why})" for use in built.lore if use.placed)
+        return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback, built.prompt_tokens, lore)
 
     def _remember(self, conversation_id: str, turns: list[Turn]) -> None:
         """A failing memory write must not cost the user the reply: log it and show it in `memory_status`."""
