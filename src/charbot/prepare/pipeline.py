@@ -7,7 +7,7 @@ import difflib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +16,8 @@ from charbot.prepare.card import CardDrafter, Candidate, build_card
 from charbot.prepare.cast import CastExamples
 from charbot.prepare.clean import DROP_EMPTY_ROW, SpeakerNames, classify, normalize_speaker, parse_aliases
 from charbot.prepare.errors import ScriptError
-from charbot.prepare.examples import (
-    SPLITS, ContextWindow, Line, Splits, Spool, dialogue_words, to_messages, wide_header, wide_row,
-)
+from charbot.prepare.examples import ContextWindow, Line, Spool, dialogue_words, to_messages, wide_header, wide_row
+from charbot.prepare.splits import HELD_OUT, SPLITS, Units, Where
 from charbot.prepare.outputs import OutputSet
 from charbot.prepare.readers import ScriptSource, iter_rows, open_script
 from charbot.prepare.report import PrepareReport, Tally
@@ -26,6 +25,7 @@ from charbot.prepare.report import PrepareReport, Tally
 PROGRESS_MIN_BYTES = 4 << 20  # small files finish before a bar would be readable
 USER_PLACEHOLDER = "User"
 NO_CONTEXT = "no other speaker before it in its episode"
+CUT_CONTEXT = "no other speaker before it in its block (context cut at the block start)"
 
 
 @dataclass
@@ -40,7 +40,7 @@ def slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.casefold()).strip("-") or "character"
 
 
-def _validate(script: str, character: str, context: int, val_fraction: float, cast: int) -> None:
+def _validate(script: str, character: str, context: int, val_fraction: float, test_fraction: float, cast: int) -> None:
     """Every option's range, checked here only (the CLI's click types only turn text into numbers)."""
     if not normalize_speaker(character):
         raise ScriptError(script, f"--character {character!r} is not a usable name", "pass the speaker's name as it appears in the script, e.g. --character Rick")
@@ -50,6 +50,11 @@ def _validate(script: str, character: str, context: int, val_fraction: float, ca
         raise ScriptError(script, f"--context {context} is more lines than any prompt can hold", "use at most 100 (the tutorial used 7)")
     if not 0.0 <= val_fraction < 1.0:
         raise ScriptError(script, f"--val-fraction {val_fraction} is outside [0, 1)", "use e.g. 0.1 for 10% of episodes in validation")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ScriptError(script, f"--test-fraction {test_fraction} is outside [0, 1)", "use e.g. 0.1 for 10% of episodes in the test split")
+    if val_fraction + test_fraction >= 1.0:
+        raise ScriptError(script, f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave nothing to train on",
+                          "keep their sum below 1, e.g. 0.1 and 0.1")
     if cast < 0:
         raise ScriptError(script, f"--cast {cast} is negative", "use 0 (off) or a minimum number of lines, e.g. --cast 10")
 
@@ -91,13 +96,14 @@ def prepare(
     line_col: str | None = None,
     episode_col: str | None = None,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
     wide_csv: bool = False,
     force: bool = False,
     cast: int = 0,
     show_progress: bool = False,
 ) -> PrepareResult:
     """`cast` > 0: also train on every other speaker with at least that many lines (see prepare/cast.py)."""
-    _validate(str(script), character, context, val_fraction, cast)
+    _validate(str(script), character, context, val_fraction, test_fraction, cast)
     names = SpeakerNames(parse_aliases(aliases, where=str(script)))
     src = open_script(script, speaker_col=speaker_col, line_col=line_col, episode_col=episode_col)
     out_dir = Path(out) if out is not None else Path("out") / slugify(names.key(character))
@@ -111,17 +117,22 @@ def prepare(
             with _progress(src, show_progress) as on_read:
                 reading.run(on_read)
         name = _check(src, character, reading)
-        splits = Splits(reading.tally.episode_examples, val_fraction)
-        _write_splits(split_paths, sinks, splits, reading.tally)
+        units = reading.units
+        splits = units.choose(val_fraction, test_fraction)
+        episodes = _write_splits(split_paths, sinks, reading.tally, units)
 
         rep = reading.tally.report(
             name, source=src.path.name, format=src.dialect.describe(), columns=src.columns.describe(),
-            context=context, val_fraction=val_fraction,
-            episodes_split={split: len(splits.episodes(split)) for split in SPLITS},
-            val_episodes=sorted(splits.episodes("val"))[:100],
+            context=context, val_fraction=val_fraction, test_fraction=test_fraction, split_unit=units.kind, split_by=units.describe(),
+            units_split={split: len(splits.units(split)) for split in SPLITS},
+            episodes_split={split: len(episodes[split]) for split in SPLITS},
+            held_out={split: sorted(splits.units(split))[:100] for split in HELD_OUT},
         )
-        if len(splits.of) < 2:
-            rep.notes.append("one episode only: no validation split (give the file an episode column, or --episode-col)")
+        if len(splits.of) < 2 and val_fraction + test_fraction > 0:
+            rep.notes.append("one example only: nothing held out (give the script more of the character's lines)")
+        for split, fraction in (("val", val_fraction), ("test", test_fraction)):
+            if fraction > 0 and not splits.units(split):
+                rep.notes.append(f"too few {units.kind}s for a {split} split: {split}.jsonl is empty")
         card = existing if existing is not None else _draft_card(rep, src, reading, outs.temp("persona.json"))
         rep.card = f"kept existing {card_path} (use --force to redraft)" if existing is not None else f"drafted {card_path}"
         rep.outputs = {name: str(outs.final(name)) for name in [*outs.names, "report.json"]}
@@ -148,8 +159,8 @@ class Sinks:
             self._wide = csv.writer(self._wide_fh)
             self._wide.writerow(wide_header(context))
 
-    def example(self, messages: list[dict], before: list[Line], line: Line) -> None:
-        self.examples.add(messages, line)
+    def example(self, messages: list[dict], before: list[Line], line: Line, where: Where) -> None:
+        self.examples.add(messages, line, before, where)
         if self._wide_fh:
             self._wide.writerow(wide_row(before, line, self.context))
 
@@ -171,6 +182,7 @@ class Reading:
         self.src, self.names, self.existing, self.sinks = src, names, existing, sinks
         self.char_key = names.key(character)
         self.tally = Tally()
+        self.units = Units()
         self.window = ContextWindow(sinks.context)
         self.drafter = CardDrafter(character)
         self.name: str | None = None  # the character as the script spells it, from its first usable line
@@ -178,7 +190,10 @@ class Reading:
         self.system = ""
 
     def run(self, on_read: Callable[[int], None] | None) -> None:
-        scene, stem = 0, self.src.path.stem
+        scene, stem, cols = 0, self.src.path.stem, self.src.columns
+        # The split's units (splits.py): episodes where a column names them; scenes where a scene column or
+        # (with no episode column) empty rows mark them.
+        has_episode, has_scene = bool(cols.whole_episode), cols.scene is not None or not cols.episode
         for raw in iter_rows(self.src, on_read):
             speaker = self.names(raw.speaker)
             row = classify(raw, speaker, raw.episode or (stem if scene == 0 else f"{stem} / scene {scene}"))
@@ -191,13 +206,14 @@ class Reading:
                 continue
             before = self.window.before(row.line)
             self.drafter.observe(row.line.text, is_char)
+            where = Where(raw.whole_episode if has_episode else None, row.line.episode if has_scene else None, raw.line_no)
             if is_char:
-                self._reply(before, row.line)
+                self._reply(before, row.line, where)
             elif self.sinks.cast is not None:
-                self.sinks.cast.add(before, row.line)
+                self.sinks.cast.add(before, row.line, where)
             self.window.push(row.line)
 
-    def _reply(self, before: list[Line], line: Line) -> None:
+    def _reply(self, before: list[Line], line: Line, where: Where) -> None:
         opener = line.episode not in self.tally.character_episodes
         self.tally.character_episodes.add(line.episode)
         if self.name is None:
@@ -208,8 +224,9 @@ class Reading:
         if messages is None:
             self.tally.skipped[NO_CONTEXT] += 1
             return
-        self.sinks.example(messages, before, line)
+        self.sinks.example(messages, before, line, where)
         self.tally.episode_examples[line.episode] += 1
+        self.units.add(where)
         if before[-1].speaker != self.name:
             self.drafter.offer(Candidate(before[-1].text, line.text, line.episode, opener), line.words)
 
@@ -234,16 +251,28 @@ def _check(src: ScriptSource, character: str, reading: Reading) -> str:
     return reading.name
 
 
-def _write_splits(paths: dict[str, Path], sinks: Sinks, splits: Splits, tally: Tally) -> None:
-    """Each spooled example to its episode's split; the cast (if any) after the character's own training examples."""
-    with paths["train"].open("w", encoding="utf-8", newline="\n") as train, paths["val"].open("w", encoding="utf-8", newline="\n") as val:
-        files = {"train": train, "val": val}
-        for text, record in sinks.examples:
-            split = splits(record["episode"])
-            files[split].write(text)
-            tally.example(split, dialogue_words(record["messages"]))
+def _write_splits(paths: dict[str, Path], sinks: Sinks, tally: Tally, units: Units) -> dict[str, set[str]]:
+    """Each spooled example to its unit's split; the cast (if any) after the character's own training examples.
+    Returns the episodes each split has examples from."""
+    episodes: dict[str, set[str]] = {split: set() for split in SPLITS}
+    with ExitStack() as stack:
+        files = {split: stack.enter_context(paths[split].open("w", encoding="utf-8", newline="\n")) for split in SPLITS}
+        for spooled in sinks.examples:
+            split, placed = units.place(spooled)
+            if placed is None:
+                tally.skipped[CUT_CONTEXT] += 1
+                continue
+            files[split].write(placed.text())
+            episodes[split].add(placed.episode)
+            tally.example(split, dialogue_words(placed.record["messages"]))
         if sinks.cast is not None:
-            tally.cast = sinks.cast.merge_into(train, tally.lines, lambda episode: splits(episode) == "train")
+            tally.cast = sinks.cast.merge_into(files["train"], tally.lines, lambda spooled: _train_only(units, spooled))
+    return episodes
+
+
+def _train_only(units: Units, spooled):
+    split, placed = units.place(spooled)
+    return placed if split == "train" else None
 
 
 def _draft_card(rep: PrepareReport, src: ScriptSource, reading: Reading, path: Path) -> CharacterCard:
