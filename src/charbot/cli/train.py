@@ -30,7 +30,10 @@ def config_options(func):
             continue
         default = None if f.default is MISSING else f.default
         names = [f"--{f.name.replace('_', '-')}"] + (["-o"] if f.name == "output_dir" else [])
-        if f.type in ("bool", bool):
+        if f.type in ("bool | None",):  # chosen from the data unless given either way
+            flag = f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"
+            func = click.option(flag, f.name, default=None, help=f.metadata["help"])(func)
+        elif f.type in ("bool", bool):
             flag = f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}" if default else names[0]
             func = click.option(flag, f.name, is_flag=True, default=default, show_default=True, help=f.metadata["help"])(func)
         else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from charbot.errors import ConfigError, ModelError
 from charbot.persona import load_card
-from charbot.train import outputs
+from charbot.train import outputs, recipe
 from charbot.train.config import TrainConfig
 from charbot.dataset import load_prepared
 from charbot.models import resolve_base
@@ -158,6 +158,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     # 1. data and base model
     train_ex, val_ex, persona_path = load_prepared(cfg.data)
     character = (train_ex[0].speaker or (load_card(persona_path).name if persona_path else "the character"))
+    cfg, chosen = recipe.choose(cfg, train_ex, character)
     phases = training_phases(cfg, train_ex, character)
     base = resolve_base(cfg.base_model)
     model, tokenizer = load_base(base)
@@ -214,11 +215,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     # 4. one directory charbot chat/discord can load
     if cfg.method == "lora":
         model = model.merge_and_unload()  # plain weights: no peft needed to serve it
-    save_outputs(out, model, tokenizer, cfg, metrics, history, persona_path, character)
+    save_outputs(out, model, tokenizer, cfg, metrics, history, persona_path, character, chosen)
     return TrainResult(out, metrics, history)
 
 
-def save_outputs(out: Path, model, tokenizer, cfg: TrainConfig, metrics: dict, history: list[dict], persona_path, character: str) -> None:
+def save_outputs(out: Path, model, tokenizer, cfg: TrainConfig, metrics: dict, history: list[dict], persona_path, character: str,
+                 chosen: dict[str, str] | None = None) -> None:
     """Write everything into a hidden staging folder, then move it in: a crash never leaves half a model."""
     out.mkdir(parents=True, exist_ok=True)
     stage = out / ".saving"
@@ -231,6 +233,7 @@ def save_outputs(out: Path, model, tokenizer, cfg: TrainConfig, metrics: dict, h
     if persona_path is not None:
         shutil.copyfile(persona_path, stage / "persona.json")
     config = cfg.to_dict()
+    config["chosen_from_data"] = chosen or {}  # the settings nobody gave, and why each was chosen (recipe.py)
     (stage / "training_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     outputs.write_metrics(stage / "metrics.json", metrics)
     outputs.plot_losses(history, stage / "loss.png", f"{character}: fine-tuning {metrics['base_model']}")
