@@ -58,6 +58,9 @@ def train(**kwargs) -> None:
     result = run(cfg)
     console = Console(stderr=True)
     m = result.metrics
+    if not result.written:  # another process of a distributed run: the main one reports and writes
+        console.print(f"rank {result.rank}: {m['steps']} steps, train loss {m['train_loss']:.3f}; the main process writes {result.output_dir}")
+        return
     line = f"saved {result.output_dir} — train loss {m['train_loss']:.3f}"
     if "val_perplexity" in m:
         line += f", validation perplexity {m['val_perplexity_before']:.1f} → {m['val_perplexity']:.1f}" if "val_perplexity_before" in m else f", validation perplexity {m['val_perplexity']:.1f}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ class TrainResult:
     output_dir: Path
     metrics: dict
     log_history: list[dict]
+    written: bool = True  # False in the other processes of a distributed run: only the main one writes
+    rank: int = 0
 
 
 def load_base(base: str):
@@ -76,7 +79,12 @@ def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool, epoch
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
+    # Launched as several processes on CPUs (`accelerate launch --multi_gpu --num_processes N` or torchrun):
+    # without use_cpu the Trainer sees no device to spread over and every process trains alone, all of them
+    # then writing the output; with it, accelerate joins them in one DDP run over gloo.
+    cpu_ddp = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return TrainingArguments(
+        **({"use_cpu": True, "ddp_backend": "gloo"} if cpu_ddp else {}),
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
         max_steps=cfg.max_steps,
@@ -205,12 +213,15 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss_sum += loss * trainer.state.global_step
         model = trainer.model
     metrics.update(train_loss=loss_sum / steps if steps else float("nan"), train_runtime_s=runtime, steps=steps,
-                   useful_tokens_per_s=round(rate.tokens_per_second, 1), useful_tokens=rate.train_tokens)
+                   useful_tokens_per_s=round(rate.tokens_per_second, 1), useful_tokens=rate.train_tokens,
+                   # epochs of the last phase: over N data-parallel processes each step covers N batches
+                   epoch=round(float(trainer.state.epoch or 0.0), 4),
+                   loss_curve=[[h["step"], h["loss"]] for h in history if "loss" in h])
     if val_ds is not None:
         metrics["val_loss"] = trainer.evaluate()["eval_loss"]
         metrics["val_perplexity"] = math.exp(metrics["val_loss"])
     if not trainer.is_world_process_zero():
-        return TrainResult(out, metrics, history)
+        return TrainResult(out, metrics, history, written=False, rank=trainer.args.process_index)
 
     # 4. one directory charbot chat/discord can load
     if cfg.method == "lora":

@@ -60,7 +60,7 @@ def model_card(character: str, base: str, config: dict, metrics: dict) -> str:
     chosen = config.get("chosen_from_data", {})
     settings = "\n".join(f"| `{k}` | {_fmt(v)}{' (chosen from the data: ' + chosen[k] + ')' if k in chosen else ''} |"
                          for k, v in sorted(config.items()) if k not in ("push_to_hub", "progress", "chosen_from_data"))
-    shown = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if k != "phases")
+    shown = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if k not in ("phases", "loss_curve"))
     phases = "".join(f"\nPhase {i}, {p['phase']}: {p['examples']} examples, {p['steps']} steps, training loss {_fmt(p['train_loss'])}."
                      for i, p in enumerate(metrics.get("phases", []), 1))
     if phases:
