@@ -127,8 +127,9 @@ async def serving(args) -> None:
     await batched.load()
     engine = Engine(batched, SqliteStore(Path(tempfile.mkdtemp()) / "prompts.db"), load_card(sample_card_path()), settings)
 
-    def prompts(n: int, tag: str):
-        """N fresh conversations; the tag keeps each burst's questions new to every side's cache."""
+    async def prompts(n: int, tag: str):
+        """N fresh conversations; the tag keeps each burst's questions new to every side's cache. Built before
+        a burst is timed (the engine reads its store for each), so the store's cost is not in the numbers."""
         built = [(await engine.build_prompt("", f"({tag}-{i}) {QUESTIONS[i % len(QUESTIONS)]}", speaker=f"sailor{i}"))[0].prompt for i in range(n)]
         return built, [batched.prompt_tokens(p) for p in built]
 
@@ -138,7 +139,7 @@ async def serving(args) -> None:
                  CharbotSide(f"charbot parallel={args.parallel}", batched, Scheduler(args.parallel), settings),
                  PeerSide(f"llama-server --parallel {args.parallel}", server, args.max_tokens)]
         for side in sides:  # untimed: first-use costs out of the way
-            await side.burst(*prompts(1, "warm"))
+            await side.burst(*await prompts(1, "warm"))
         results: dict[int, dict[str, list[list[Sample]]]] = {}
         for n in sizes:
             results[n] = {side.name: [] for side in sides}
@@ -146,10 +147,11 @@ async def serving(args) -> None:
                 # interleaved, each round starting with another side: every side gets the same prompts
                 for side in sides[r % len(sides):] + sides[: r % len(sides)]:
                     await settled()
-                    results[n][side.name].append(await side.burst(*prompts(n, f"n{n}r{r}")))
+                    results[n][side.name].append(await side.burst(*await prompts(n, f"n{n}r{r}")))
                 print(f"  N={n} round {r + 1} done", file=sys.stderr, flush=True)
-    prompt_tokens = len(prompts(1, "x")[1][0])
+    prompt_tokens = len((await prompts(1, "x"))[1][0])
     await batched.aclose()
+    await engine.store.close()
     ceiling = {n: n / measure(model, n, args.threads)[1] for n in sizes}  # tok/s with every prompt already read
     load_after = os.getloadavg()
 
@@ -165,7 +167,7 @@ async def serving(args) -> None:
             print(f"| {n} | {name} | {t['n']} | {t['p50']:.2f} s | {t['p95']:.2f} s | {t['ttft'] * 1000:.0f} ms | "
                   f"{t['decode_ms']:.1f} | {t['tok_s']:.1f} | {t['tok_s'] / ceiling[n]:.2f} |")
     print()
-    print(f"| N | decode-step ceiling tok/s | charbot/llama-server aggregate tok/s | charbot/llama-server p95 |")
+    print("| N | decode-step ceiling tok/s | charbot/llama-server aggregate tok/s | charbot/llama-server p95 |")
     print("|---|---|---|---|")
     ours, peer = names[1], names[2]
     for n in sizes:

@@ -218,6 +218,35 @@ async def test_slash_persona_lists_and_switches_only_for_manage_server(fake, wor
         assert (await bot.engine.persona_for(f"discord:{general['id']}")).name == "Bram Salt"
 
 
+async def test_slash_persona_takes_an_uploaded_card_and_a_bad_one_changes_nothing(fake, world, isolated_env, tmp_path):
+    from card_files import png_image, with_card_chunks, wren
+
+    guild, general, _, user = world
+    admin = (1 << 5) | (1 << 31)  # Manage Server
+    backend = ScriptedBackend(["Tie up on the left."])
+    async with running_bot(fake, backend, isolated_env / "m.db", persona_dir=tmp_path) as bot:
+        conversation = f"discord:{general['id']}"
+        for name, data, says in [
+            ("photo.png", png_image(), "photo.png: a PNG without a character card"),
+            ("cut.png", with_card_chunks(png_image(), ccv3=wren(3))[:-40], "cut.png: truncated PNG"),
+            ("orla.json", b'{"spec": "chara_card_v2", "data": {"name": "Orla", "description": "an impostor"}}', "a different character called 'Orla'"),
+        ]:
+            option, resolved = fake.attach(name, data)
+            refused = await fake.slash("persona", channel=general, user=user, guild=guild, options=[option], resolved=resolved, permissions=admin)
+            await fake.wait_for(lambda: "response" in refused)
+            message = refused["response"]["message"]
+            assert says in message["content"] and "Still talking as **Orla**" in message["content"] and message["flags"] & 64
+            assert (await bot.engine.persona_for(conversation)).name == "Orla" and "impostor" not in bot.engine.personas["Orla"].data.description
+        option, resolved = fake.attach("wren.png", with_card_chunks(png_image(), chara=wren(2), ccv3=wren(3)))
+        switched = await fake.slash("persona", channel=general, user=user, guild=guild, options=[option], resolved=resolved, permissions=admin)
+        await fake.wait_for(lambda: "response" in switched)
+        assert switched["response"]["message"]["content"] == "Now talking as **Wren** in this channel."
+        await fake.say(general, user, f"<@{bot.user.id}> where do I tie up? I came on the Heron", guild=guild, mentions=[fake.state.bot_user])
+        await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
+        system = backend.prompts[-1].messages[0].content
+        assert system.startswith("You are Wren.") and "The Heron is Wren's narrowboat" in system  # the uploaded card's lorebook
+
+
 async def test_slash_ask_answers_once_and_remembers_nothing(fake, world, isolated_env):
     guild, general, _, user = world
     async with running_bot(fake, ScriptedBackend(["Three knots, no more."]), isolated_env / "m.db") as bot:

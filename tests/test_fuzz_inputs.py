@@ -3,6 +3,7 @@ one-line CharbotError (property-based with hypothesis), and path tricks get a cl
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from card_files import charx, chunk, png_image, text_chunk
+from charbot.cards import parse_card_bytes
 from charbot.config import FLAT, field_info, load_settings
 from charbot.errors import CharbotError, ConfigError, PersonaError
-from charbot.persona import MAX_CARD_BYTES, load_card, parse_card
+from charbot.persona import MAX_CARD_BYTES, load_card, parse_card, render
 from charbot.prepare import ScriptError, prepare
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -116,8 +119,6 @@ def test_parse_card_raises_only_persona_errors(raw):
     except PersonaError as exc:
         assert "fuzz.json" in one_line(exc)
     else:
-        from charbot.persona import render
-
         assert render(card, "User").system  # a card that loads also renders
 
 
@@ -157,6 +158,72 @@ def test_card_path_tricks_and_size_limit(tmp_path):
         with pytest.raises(PersonaError) as caught:
             load_card(path)
         assert says in one_line(caught.value)
+
+
+# --- card files and lorebooks -----------------------------------------------------------------------------
+
+png_parts = st.lists(st.one_of(
+    st.binary(max_size=60).map(lambda b: chunk(b"tEXt", b)),
+    st.tuples(st.sampled_from(["chara", "ccv3", "CCV3", "Software"]), st.binary(max_size=80)).map(lambda p: text_chunk(*p)),
+    st.tuples(st.sampled_from(["chara", "ccv3"]), card_like).map(lambda p: text_chunk(p[0], base64.b64encode(json.dumps(p[1]).encode()))),
+    st.binary(min_size=1, max_size=40),  # garbage where a chunk should start
+), max_size=4)
+
+
+@FUZZ
+@given(parts=png_parts, cut=st.integers(0, 300))
+def test_png_cards_raise_only_persona_errors(parts, cut):
+    data = png_image()[:-12] + b"".join(parts) + chunk(b"IEND", b"")
+    data = data[: max(8, len(data) - cut)]  # and truncated anywhere
+    try:
+        card_file = parse_card_bytes(data, "fuzz.png")
+    except PersonaError as exc:
+        assert "fuzz.png" in one_line(exc)
+    else:
+        assert card_file.card.name and render(card_file.card, "User").system
+
+
+@FUZZ
+@given(card=card_like, names=st.lists(st.sampled_from(["assets/icon/images/main.png", "CARD.JSON", "dir/card.json", "../x"]), max_size=3),
+       has_card=st.booleans(), flip=st.integers(0, 5000))
+def test_charx_archives_raise_only_persona_errors(card, names, has_card, flip):
+    data = bytearray(charx(card if has_card else None, {n: b"data" for n in names}))
+    if flip % 3 == 0:
+        data[flip % len(data)] ^= 0xFF  # damage a byte somewhere in the archive
+    try:
+        card_file = parse_card_bytes(bytes(data), "fuzz.charx")
+    except PersonaError as exc:
+        assert "fuzz.charx" in one_line(exc)
+    else:
+        assert card_file.format in ("charx", "json") and card_file.card.name
+
+
+entry_fields = st.sampled_from(["keys", "content", "enabled", "insertion_order", "use_regex", "constant", "selective", "secondary_keys",
+                                "position", "extensions", "case_sensitive", "priority", "key", "keysecondary", "order", "disable", "depth"])
+entry_values = json_values | st.lists(st.text(max_size=8), max_size=3) | st.dictionaries(
+    st.sampled_from(["position", "depth", "role", "selectiveLogic", "scan_depth", "match_whole_words"]), json_values, max_size=3)
+entries_like = st.lists(st.dictionaries(entry_fields, entry_values, max_size=6), max_size=4)
+lorebook_like = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"entries": entries_like}, optional={"scan_depth": json_values, "token_budget": json_values}),
+    entries_like.map(lambda es: {"entries": {str(i): e for i, e in enumerate(es)}}),
+    entries_like.map(lambda es: {"spec": "lorebook_v3", "data": {"entries": es}}),
+)
+
+
+@FUZZ
+@given(raw=lorebook_like, messages=st.lists(st.text(max_size=60), max_size=4))
+def test_lorebooks_raise_only_persona_errors_and_scanning_never_fails(raw, messages):
+    from charbot.lore_scan import scan
+    from charbot.lorebook import parse_lorebook
+
+    try:
+        book = parse_lorebook(raw, "fuzz-lore.json")
+    except PersonaError as exc:
+        assert "fuzz-lore.json" in one_line(exc)
+        return
+    result = scan([("fuzz", book)], messages)
+    assert all(a.content.strip() for a in result.fired)
 
 
 # --- settings ------------------------------------------------------------------------------------------

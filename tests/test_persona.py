@@ -33,7 +33,8 @@ def test_round_trip_keeps_unknown_fields(tmp_path, sample_card):
     path = save_card(card, tmp_path / "out" / "card.json")
     again = load_card(path)
     assert again.model_dump(mode="json") == card.model_dump(mode="json")
-    assert again.data.model_extra["character_book"] == {"entries": []}
+    assert again.book is not None and again.book.entries == []
+    assert again.model_dump(mode="json")["data"]["character_book"] == {"extensions": {}, "entries": []}
 
 
 def test_substitute_is_case_insensitive_and_handles_legacy_tags():
@@ -51,7 +52,9 @@ def test_system_prompt_override_keeps_original():
         ("{not json", "invalid JSON"),
         ("[1, 2]", "must be a JSON object"),
         ('{"spec": "chara_card_v2", "data": {"description": "no name"}}', "field 'data.name'"),
-        ('{"spec": "chara_card_v3", "data": {"name": "A"}}', "unsupported card spec"),
+        ('{"spec": "chara_card_v4", "data": {"name": "A"}}', "unsupported card spec"),
+        ('{"spec": "chara_card_v3", "spec_version": "4.0", "data": {"name": "A"}}', "spec_version '4.0'"),
+        ('{"spec": "chara_card_v2", "data": {"name": "A", "character_book": {"entries": [{"keys": "Gerald"}]}}}', "character_book.entries.0.keys"),
         ('{"name": ""}', "field 'name'"),
     ],
 )

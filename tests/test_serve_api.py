@@ -59,6 +59,24 @@ async def test_a_completion_is_the_characters_reply_to_the_callers_messages(isol
         assert s.api.engine.store.sync.count_conversations() == 0  # no conversation id: nothing remembered
 
 
+async def test_the_lorebook_entries_a_reply_used_come_back_with_it(isolated_env, tmp_path):
+    book = tmp_path / "world.json"
+    book.write_text(json.dumps({"entries": [{"keys": ["storm"], "content": "Storms on the island come in from the west.", "extensions": {},
+                                             "enabled": True, "insertion_order": 10, "comment": "storms"}]}))
+    backend = ScriptedBackend([REPLY])
+    async with serving(backend, lorebook=str(book)) as s:
+        client = s.openai()
+        quiet = await client.chat.completions.create(model="orla", messages=[{"role": "user", "content": "Hello"}])
+        assert "charbot" not in (quiet.model_extra or {})
+        assert "from the west" not in "\n".join(m.content for m in backend.prompts[-1].messages)
+        whole = await client.chat.completions.create(model="orla", messages=[{"role": "user", "content": "Is a storm coming?"}])
+        assert whole.model_extra["charbot"]["lorebook"] == ["storms (key 'storm' in message 1 (newest first, scan depth 2))"]
+        assert "from the west" in "\n".join(m.content for m in backend.prompts[-1].messages)
+        stream = await client.chat.completions.create(model="orla", stream=True, messages=[{"role": "user", "content": "Another storm?"}])
+        last = [c async for c in stream if c.choices][-1]
+        assert last.choices[0].finish_reason == "stop" and last.model_extra["charbot"]["lorebook"][0].startswith("storms (key 'storm'")
+
+
 async def test_temperature_zero_is_greedy_and_the_server_defaults_fill_the_rest(isolated_env):
     backend = ScriptedBackend([REPLY])
     async with serving(backend, max_new_tokens=40, top_k=7) as s:
@@ -211,7 +229,7 @@ async def test_the_page_health_and_metrics(isolated_env):
         html = await page.text()
         assert page.status == 200 and "default-src 'none'" in page.headers["Content-Security-Policy"]
         assert '<script src="/page/app.js"' in html and "http" not in html.replace('"http://www.w3.org', "")  # nothing from elsewhere
-        assert "LOREBOOK" in html  # the marked place for the lorebook entries, once they land
+        assert 'id="lorebook-entries"' in html  # where the page lists the lorebook entries a reply used
         for asset in ("/page/app.js", "/page/style.css"):
             assert (await s.http.get(asset)).status == 200
         await s.openai().chat.completions.create(model="orla", messages=[{"role": "user", "content": "Hello"}])

@@ -4,7 +4,6 @@ client (or a bare HTTP client where a request must be malformed or abandoned).""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys

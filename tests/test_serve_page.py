@@ -6,6 +6,7 @@ in the test's folder (docs/images/serve-page.png was taken from such a run)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from pathlib import Path
@@ -74,6 +75,7 @@ def _talk_and_reset(url: str, db: Path, screenshot: Path) -> dict:
             "shown": browser.execute_script("return window.replyTexts"), "chunks": int(reply.get_attribute("data-chunks") or 0),
             "text": reply.find_element(By.CSS_SELECTOR, ".text").text, "error": "error" in reply.get_attribute("class"),
             "conversation": browser.find_element(By.TAG_NAME, "body").get_attribute("data-conversation"),
+            "lore": [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#lorebook:not([hidden]) #lorebook-entries li")],
         }
         store = SqliteMemory(db)
         seen["remembered"] = store.count_messages(f"api:orla:{seen['conversation']}")
@@ -82,6 +84,7 @@ def _talk_and_reset(url: str, db: Path, screenshot: Path) -> dict:
         browser.find_element(By.ID, "reset").click()
         wait.until(lambda b: b.find_element(By.ID, "status").text == "Conversation forgotten.")
         seen["after_reset"] = [li.get_attribute("class") for li in browser.find_elements(By.CSS_SELECTOR, "#log li")]
+        seen["lore_after_reset"] = browser.find_element(By.ID, "lorebook").is_displayed()
         seen["remembered_after_reset"] = store.count_messages(f"api:orla:{seen['conversation']}")
         store.close()
         return seen
@@ -93,8 +96,12 @@ def _talk_and_reset(url: str, db: Path, screenshot: Path) -> dict:
 @pytest.mark.model
 async def test_the_page_talks_streams_and_resets_in_a_real_browser(tmp_path):
     cards = write_cards(tmp_path / "cards")
+    book = tmp_path / "world.json"
+    book.write_text(json.dumps({"entries": [{"keys": ["storm"], "content": "Storms on the island come in from the west.",
+                                             "extensions": {}, "enabled": True, "insertion_order": 10, "comment": "storms"}]}))
     env = user_env(tmp_path, CHARBOT_FALLBACK_REPLY=FALLBACK)
-    async with ServeCli("--seed", "7", "--max-new-tokens", "48", "--persona-dir", str(cards), env=env, cwd=tmp_path) as server:
+    args = ("--seed", "7", "--max-new-tokens", "48", "--persona-dir", str(cards), "--lorebook", str(book))
+    async with ServeCli(*args, env=env, cwd=tmp_path) as server:
         await server.wait_ready()
         shot = tmp_path / "serve-page.png"
         seen = await asyncio.to_thread(_talk_and_reset, server.root + "/", tmp_path / "memory.db", shot)
@@ -103,7 +110,8 @@ async def test_the_page_talks_streams_and_resets_in_a_real_browser(tmp_path):
     growing = list(dict.fromkeys(text for text, streaming in seen["shown"] if streaming and text))
     assert seen["chunks"] >= 3 and len(growing) >= 3, seen
     assert all(later.startswith(earlier) for earlier, later in zip(growing, growing[1:])), growing
+    assert seen["lore"] == ["storms (key 'storm' in message 1 (newest first, scan depth 2))"]  # the entry the reply's prompt held
     assert seen["remembered"] == 2  # the exchange, in charbot's memory under the page's conversation id
-    assert seen["after_reset"] == ["assistant greeting"] and seen["remembered_after_reset"] == 0
+    assert seen["after_reset"] == ["assistant greeting"] and seen["remembered_after_reset"] == 0 and not seen["lore_after_reset"]
     assert shot.stat().st_size > 10_000
     assert server.returncode == 0 and "Traceback" not in server.stderr

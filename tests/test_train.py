@@ -321,3 +321,24 @@ def test_push_with_the_hub_unreachable_is_one_line(trained, monkeypatch):
     with pytest.raises(ModelError, match="hub unreachable") as exc:
         push(out, "someone/orla", endpoint=f"http://127.0.0.1:{port}")
     assert "hf_not_a_real_token" not in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_png_card_in_the_data_directory_becomes_the_models_persona_json(tiny, tmp_path):
+    import shutil
+
+    from card_files import png_image, with_card_chunks, wren
+    from charbot.config import load_settings
+    from charbot.factory import default_persona_path
+    from charbot.persona import load_card
+    from charbot.train.loop import train
+
+    data, base = tiny
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "persona.json").unlink()
+    (copy / "persona.png").write_bytes(with_card_chunks(png_image(), chara=wren(2), ccv3=wren(3)))
+    out = train(TrainConfig(data=copy, output_dir=tmp_path / "ft", base_model=str(base), max_steps=1, batch_size=4, eval_steps=0,
+                            progress=False, threads=1)).output_dir
+    card = load_card(out / "persona.json")
+    assert card.name == "Wren" and card.book is not None and len(card.book.entries) == 5
+    assert default_persona_path(load_settings(model=str(out))) == out / "persona.json"

@@ -61,8 +61,11 @@ class Settings(BaseSettings):
     )
 
     # --- character ---------------------------------------------------------------------------------
-    persona: str | None = Field(None, description="Character Card (V2 or V1) JSON file. Empty: the sample character.")
-    persona_dir: Path | None = Field(None, description="Directory of card JSON files: more characters (Discord's /persona, serve's models).")
+    persona: str | None = Field(None, description="Character card: JSON (V1/V2/V3), PNG or CHARX. Empty: the sample character.")
+    persona_dir: Path | None = Field(None, description="Directory of character cards (.json, .png, .charx): more characters (Discord's /persona, serve's models).")
+    lorebook: str | None = Field(
+        None, description="Lorebook file (lorebook_v3 JSON or a SillyTavern world-info export) for every character, after the card's own book."
+    )
     user_name: str = Field("User", description="How the terminal user is called in prompts ({{user}}).")
     fallback_reply: str = Field("...", min_length=1, description="Said when the model produces nothing usable.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 from charbot.backends.base import Backend, PromptFormat
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
+from charbot.lore_scan import scan
+from charbot.lorebook import Lorebook
 from charbot.memory import MemoryStoreError, MemoryUnavailable, Store, Turn
 from charbot.persona import CharacterCard, render
 from charbot.prompt import BuiltPrompt, PromptBuilder
@@ -37,6 +39,22 @@ class Reply:
     turns_in_prompt: int
     fallback: bool = False
     prompt_tokens: int = 0
+    lore: tuple[str, ...] = ()  # the lorebook entries placed in the prompt: "label (why)"
+
+
+def card_prompt(
+    builder: PromptBuilder, card: CharacterCard, user_name: str, history: Sequence[Turn], text: str, speaker: str | None,
+    lorebooks: Sequence[tuple[str, Lorebook]] = (), history_start: int = 0,
+) -> BuiltPrompt:
+    """The prompt for `text` after `history` with `card` as persona: the lorebook entries that the conversation
+    fires (the card's own book first, as SillyTavern orders them, then `lorebooks`) placed inside the budget."""
+    books = ([(f"{card.name}'s card", card.book)] if card.book is not None and card.book.entries else []) + list(lorebooks)
+    lore = scan(books, [t.content for t in history] + [text]) if books else None
+    built = builder.build(
+        render(card, user_name), history, text, speaker, lore.fired if lore else (),
+        {name: book.token_budget for name, book in books if book.token_budget is not None}, history_start,
+    )
+    return replace(built, lore_notes=tuple(lore.notes)) if lore and lore.notes else built
 
 
 class Engine:
@@ -53,6 +71,7 @@ class Engine:
         personas: Mapping[str, CharacterCard] | None = None,
         scheduler: Scheduler | None = None,
         memory_retry_seconds: float = MEMORY_RETRY_SECONDS,
+        lorebooks: Sequence[tuple[str, Lorebook]] = (),
     ):
         self.backend = backend
         self.store = store
@@ -62,6 +81,7 @@ class Engine:
         self.user_name = user_name
         self.fallback_reply = fallback_reply
         self._format = prompt_format
+        self.lorebooks = list(lorebooks)  # (name, book): for every character, after the card's own book
         self.memory_status = "ok"  # or "error: …" while replies cannot be saved or memory cannot be read
         self.memory_retry_seconds = memory_retry_seconds
         # Every generation goes through the scheduler: as many at once as the backend can serve.
@@ -123,7 +143,7 @@ class Engine:
         # {{user}} is the configured user name, not this message's speaker: in a group chat several people
         # talk, each named in their own turn, and a persona text that is the same for every conversation
         # lets batched backends share its KV cache.
-        built = builder.build(render(card, self.user_name), history, text, speaker, start)
+        built = card_prompt(builder, card, self.user_name, history, text, speaker, self.lorebooks, start)
         # tagged with its conversation, so a backend's prompt cache can drop it when the conversation is reset
         return replace(built, prompt=replace(built.prompt, cache_key=conversation_id or None)), card
 
@@ -193,7 +213,8 @@ class Engine:
         fallback = not is_usable(reply, text)
         if fallback:
             reply = self.fallback_reply
-        return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback, built.prompt_tokens)
+        lore = tuple(f"{use.entry.label} ({use.entry.why})" for use in built.lore if use.placed)
+        return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback, built.prompt_tokens, lore)
 
     async def _remember(self, conversation_id: str, turns: list[Turn]) -> None:
         """A failing memory write must not cost the user the reply: log it and show it in `memory_status`.

@@ -6,9 +6,11 @@ from importlib import resources
 from pathlib import Path
 
 from charbot.backends import create_backend
+from charbot.cards import CARD_SUFFIXES, find_card
 from charbot.config import Settings
 from charbot.engine import Engine
 from charbot.errors import PersonaError
+from charbot.lorebook import load_lorebook
 from charbot.memory import Store, create_store
 from charbot.persona import CharacterCard, load_card
 from charbot.scheduler import Scheduler
@@ -30,9 +32,9 @@ def default_persona_path(settings: Settings) -> Path:
         return Path(settings.persona).expanduser()
     if settings.model:
         beside = Path(settings.model).expanduser()
-        beside = (beside if beside.is_dir() else beside.parent) / "persona.json"
-        if beside.is_file():
-            return beside
+        found = find_card(beside if beside.is_dir() else beside.parent)
+        if found is not None:
+            return found
     return sample_card_path()
 
 
@@ -42,8 +44,8 @@ def load_personas(settings: Settings) -> tuple[CharacterCard, dict[str, Characte
     if settings.persona_dir is not None:
         directory = Path(settings.persona_dir).expanduser()
         if not directory.is_dir():
-            raise PersonaError(f"persona_dir {directory} is not a directory", "set CHARBOT_PERSONA_DIR to a folder of card .json files")
-        for path in sorted(directory.glob("*.json")):
+            raise PersonaError(f"persona_dir {directory} is not a directory", "set CHARBOT_PERSONA_DIR to a folder of character cards")
+        for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in CARD_SUFFIXES):
             card = load_card(path)
             personas.setdefault(card.name, card)
     return default, personas
@@ -67,4 +69,5 @@ def build_engine(
         fallback_reply=settings.fallback_reply,
         personas=personas,
         scheduler=Scheduler(capacity, max_queue=max_queue, timeout=settings.queue_timeout),
+        lorebooks=[(f"lorebook {Path(settings.lorebook).name}", load_lorebook(settings.lorebook))] if settings.lorebook else (),
     )

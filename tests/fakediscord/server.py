@@ -50,6 +50,7 @@ class FakeDiscord(Loopback):
         r.add_post(API + "/interactions/{iid}/{token}/callback", self._interaction_callback)
         r.add_patch(API + "/webhooks/{app}/{token}/messages/@original", self._edit_original)
         r.add_post(API + "/webhooks/{app}/{token}", self._followup)
+        r.add_get("/attachments/{aid}/{name}", self._attachment)  # the CDN, for uploaded files
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -106,15 +107,23 @@ class FakeDiscord(Loopback):
         await self.gateway.dispatch("MESSAGE_CREATE", {**msg, **({"member": msg["member"]} if "member" in msg else {})}, guild_id=gid)
         return msg
 
+    def attach(self, filename: str, data: bytes) -> tuple[dict, dict]:
+        """A file a user uploads with a slash command: (the command option, the `resolved` payload)."""
+        aid = str(self.state.snowflake())
+        self.state.files[aid] = data
+        url = f"{self.root}/attachments/{aid}/{filename}"
+        payload = {"id": aid, "filename": filename, "size": len(data), "url": url, "proxy_url": url}
+        return {"name": "card", "type": 11, "value": aid}, {"attachments": {aid: payload}}
+
     async def slash(self, name: str, *, channel: dict, user: dict, guild: dict | None = None, options: list[dict] = (),
-                    permissions: int = (1 << 31) | (1 << 11), member_roles: tuple[str, ...] = ()) -> dict:
+                    permissions: int = (1 << 31) | (1 << 11), member_roles: tuple[str, ...] = (), resolved: dict | None = None) -> dict:
         """A user runs /name: INTERACTION_CREATE with an application-command payload."""
         token = f"itoken-{self.state.snowflake()}"
         iid = self.state.snowflake()
         cmd = next((c for c in self.state.commands if c["name"] == name), {"id": str(self.state.snowflake())})
         data = {
             "id": str(iid), "application_id": str(self.state.app_id), "type": 2, "token": token, "version": 1,
-            "data": {"id": cmd["id"], "name": name, "type": 1, "options": list(options)},
+            "data": {"id": cmd["id"], "name": name, "type": 1, "options": list(options), **({"resolved": resolved} if resolved else {})},
             "channel_id": channel["id"], "channel": channel, "locale": "en-US", "entitlements": [],
             "app_permissions": str((1 << 11) | (1 << 10)), "authorizing_integration_owners": {"0": channel.get("guild_id", "0")},
             "context": 0 if guild else 1, "attachment_size_limit": 8388608,
@@ -256,6 +265,10 @@ class FakeDiscord(Loopback):
         msg = interaction["response"]["message"]
         msg["content"] = body.get("content", msg["content"])
         return _json(msg)
+
+    async def _attachment(self, request):
+        data = self.state.files.get(request.match_info["aid"])
+        return web.Response(body=data) if data is not None else web.Response(status=404)
 
     async def _followup(self, request):
         body = await request.json()

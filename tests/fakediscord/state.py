@@ -49,6 +49,7 @@ class FakeState:
         self.guilds: dict[int, dict] = {}
         self.dm_channels: dict[int, dict] = {}
         self.interactions: dict[str, dict] = {}  # token -> interaction payload
+        self.files: dict[str, bytes] = {}  # attachment id -> the uploaded bytes
         self.rate_limits: list[list] = []  # [method, path_prefix, remaining_count, retry_after]
         self.refusals: list[list] = []  # [method, path_prefix, remaining_count, (status, code, message)]
 

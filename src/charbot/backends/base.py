@@ -87,6 +87,11 @@ class Backend(abc.ABC):
         """Load weights (off the event loop) and warm up. Sets `ready`."""
         self.ready = True
 
+    def render(self, prompt: Prompt) -> str | None:
+        """The exact text the model reads for `prompt` where it is rendered here (local models); None where a
+        server applies its own chat template."""
+        return None
+
     def count_tokens(self, text: str) -> int:
         # A rough count for backends without a tokenizer at hand; subclasses with one override this.
         return max(1, len(text) // 3)

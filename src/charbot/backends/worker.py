@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from charbot.backends.base import Backend, Completion, Prompt
+from charbot.chat_template import ChatTemplate
 from charbot.errors import BackendError
 from charbot.generation import GenerationSettings
+from charbot.rendering import prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,10 @@ class WorkerBackend(Backend):
     tokenizes a prompt, the worker generates."""
 
     worker: ModelWorker | None = None
+    template: ChatTemplate | None = None  # the model's chat template, known once it is loaded
+
+    def render(self, prompt: Prompt) -> str | None:
+        return prompt_text(prompt, self.template)
 
     @abc.abstractmethod
     def open_model(self) -> ModelWorker:

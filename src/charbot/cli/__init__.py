@@ -17,6 +17,8 @@ COMMANDS = {
     "eval": "charbot.cli.evaluate:evaluate",
     "export-gguf": "charbot.cli.export:export_gguf",
     "memory": "charbot.cli.memory:memory_cmd",
+    "card": "charbot.cli.card:card",
+    "prompt": "charbot.cli.prompt:prompt_cmd",
 }
 
 

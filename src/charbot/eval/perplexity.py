@@ -9,7 +9,7 @@ from charbot.rendering import Renderer
 
 
 def response_perplexity(model, tokenizer, renderer: Renderer, examples: list[Example], *, persona: bool = True, named: bool = False,
-                        max_length: int = 512) -> float:
+                        max_length: int = 2048) -> float:
     import torch
 
     total_nll, total_tokens = 0.0, 0
@@ -18,7 +18,7 @@ def response_perplexity(model, tokenizer, renderer: Renderer, examples: list[Exa
         msgs = [m for m in ex.messages if persona or m["role"] != "system"]
         # labels on the held-out reply only; with `named`, its "Name:" is context, as serving writes it
         ids, labels = encode(tokenizer, renderer, msgs, last_only=True, speaker=ex.speaker if named else None)
-        ids, labels = ids[-max_length:], labels[-max_length:]
+        ids, labels = ids[-max_length:], labels[-max_length:]  # a long persona prompt is kept whole up to this
         with torch.inference_mode():
             logits = model(torch.tensor([ids])).logits[0, :-1].float()
         target = torch.tensor(labels[1:])

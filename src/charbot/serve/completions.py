@@ -89,13 +89,13 @@ class Events:
     async def deliver(self, reply: Reply) -> None:
         if not self.started:
             await self._start()
-        extra: dict[str, Any] = {}
+        replaced = {}
         if reply.text.startswith(self.sent):
             if rest := reply.text[len(self.sent):]:
                 await self._send(oa.chunk(self.ids, {"content": rest}))
         else:
-            extra["charbot"] = {"replaced": reply.text}
-        await self._send(oa.chunk(self.ids, {}, oa.finish_reason(reply, self.settings), **extra))
+            replaced["replaced"] = reply.text
+        await self._send(oa.chunk(self.ids, {}, oa.finish_reason(reply, self.settings), **oa.charbot_extra(reply, **replaced)))
         if self.include_usage:
             await self._send({**self.ids.head("chat.completion.chunk"), "choices": [], "usage": oa.usage(reply)})
         await self.response.write(oa.SSE_DONE)

@@ -164,7 +164,14 @@ def usage(reply: Reply) -> dict[str, int]:
 def completion_body(ids: Ids, reply: Reply, settings: GenerationSettings) -> dict[str, Any]:
     message = {"role": "assistant", "content": reply.text}
     choice = {"index": 0, "message": message, "finish_reason": finish_reason(reply, settings), "logprobs": None}
-    return {**ids.head("chat.completion"), "choices": [choice], "usage": usage(reply)}
+    return {**ids.head("chat.completion"), "choices": [choice], "usage": usage(reply), **charbot_extra(reply)}
+
+
+def charbot_extra(reply: Reply, **more: Any) -> dict[str, Any]:
+    """charbot's own fields, under one key that OpenAI clients ignore: the lorebook entries the reply's
+    prompt held (the page lists them), and whatever else the caller adds."""
+    fields = {**({"lorebook": list(reply.lore)} if reply.lore else {}), **more}
+    return {"charbot": fields} if fields else {}
 
 
 def chunk(ids: Ids, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:

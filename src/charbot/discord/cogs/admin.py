@@ -13,8 +13,10 @@ from discord.ext import commands
 from charbot.discord.policy import MessageFacts, conversation_id, permitted
 from charbot.discord.replying import no_pings
 from charbot.discord.split import split_message
-from charbot.errors import BackendError, BusyError
+from charbot.cards import MAX_FILE_BYTES, parse_card_bytes
+from charbot.errors import BackendError, BusyError, PersonaError
 from charbot.memory import MemoryStoreError, MemoryUnavailable
+from charbot.persona import CharacterCard
 
 if TYPE_CHECKING:
     from charbot.discord.bot import CharBot
@@ -77,8 +79,8 @@ class AdminCog(commands.Cog):
         await interaction.response.send_message(f"Forgot {forgotten} messages. Fresh start.")
 
     @app_commands.command(name="persona", description="Show the characters, or switch this channel's character.")
-    @app_commands.describe(name="Character to switch to (leave empty to list them)")
-    async def persona(self, interaction: discord.Interaction, name: str | None = None) -> None:
+    @app_commands.describe(name="Character to switch to (leave empty to list them)", card="Or a character card to switch to (PNG, CHARX or JSON)")
+    async def persona(self, interaction: discord.Interaction, name: str | None = None, card: discord.Attachment | None = None) -> None:
         if await self._refused(interaction):
             return
         conversation = conversation_id(interaction.channel_id)
@@ -88,14 +90,21 @@ class AdminCog(commands.Cog):
             await self._memory_failed(interaction, exc)
             return
         names = ", ".join(sorted(self.engine.personas))
-        if not name:
+        if not name and card is None:
             await interaction.response.send_message(f"Talking as **{current}**. Characters: {names}.", ephemeral=True)
             return
         if interaction.guild is not None and not interaction.permissions.manage_guild:
             await interaction.response.send_message("Only members with Manage Server can switch the character.", ephemeral=True)
             return
+        target: CharacterCard | str | None = name
+        if card is not None:
+            try:
+                target = await self._uploaded(card)
+            except PersonaError as exc:  # a bad card changes nothing: the channel keeps its character
+                await interaction.response.send_message(f"That card can't be used: {exc}. Still talking as **{current}**.", ephemeral=True)
+                return
         try:
-            card = await self.engine.set_persona(conversation, name)
+            chosen = await self.engine.set_persona(conversation, target)
         except KeyError:
             await interaction.response.send_message(f"No character called {name!r}. Characters: {names}.", ephemeral=True)
             return
@@ -103,7 +112,22 @@ class AdminCog(commands.Cog):
             await self._memory_failed(interaction, exc)
             return
         self.bot.metrics.replies.labels("persona").inc()
-        await interaction.response.send_message(f"Now talking as **{card.name}** in this channel.")
+        await interaction.response.send_message(f"Now talking as **{chosen.name}** in this channel.")
+
+    async def _uploaded(self, attachment: discord.Attachment) -> CharacterCard:
+        """The card in an uploaded file, checked before it can replace anything."""
+        if attachment.size > MAX_FILE_BYTES:
+            raise PersonaError(f"{attachment.filename}: {attachment.size} bytes is too big for a character card", f"keep it under {MAX_FILE_BYTES} bytes")
+        try:
+            data = await attachment.read()
+        except discord.HTTPException as exc:
+            raise PersonaError(f"{attachment.filename}: could not be downloaded ({exc.status})", "upload it again") from None
+        card = parse_card_bytes(data, attachment.filename).card
+        loaded = self.engine.personas.get(card.name)
+        if loaded is not None and loaded.model_dump() != card.model_dump():
+            # Cards are shared by every channel: an upload must not replace a character other channels use.
+            raise PersonaError(f"{attachment.filename}: a different character called {card.name!r} is already loaded", "rename the card, or pick it by name")
+        return card
 
     @persona.autocomplete("name")
     async def _persona_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -80,6 +80,12 @@
     }
   }
 
+  // The lorebook entries that the last reply's prompt held, and why each fired.
+  function showLore(entries) {
+    $("lorebook-entries").replaceChildren(...entries.map((text) => el("li", "", text)));
+    $("lorebook").hidden = entries.length === 0;
+  }
+
   function addMessage(role, name, text) {
     const item = el("li", role);
     item.append(el("b", "speaker", name), el("div", "text", text));
@@ -90,6 +96,7 @@
 
   function showGreeting() {
     $("log").replaceChildren();
+    showLore([]);
     if (state.current.greeting) addMessage("assistant greeting", state.current.name, state.current.greeting);
   }
 
@@ -153,6 +160,7 @@
         }
         // clean-up changed what was streamed (a reply cut at the token cap ends at its last full sentence)
         if (event.charbot && typeof event.charbot.replaced === "string") reply = event.charbot.replaced;
+        if (event.choices && event.choices[0] && event.choices[0].finish_reason) showLore((event.charbot && event.charbot.lorebook) || []);
         shown.textContent = reply;
         item.dataset.chunks = String(chunks);
         item.scrollIntoView({ block: "end" });
