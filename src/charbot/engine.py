@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from charbot.backends.base import Backend, PromptFormat
+from charbot.backends.base import Backend, PromptFormat, cache_key
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
 from charbot.lore_scan import scan
 from charbot.lorebook import Lorebook
@@ -144,8 +144,10 @@ class Engine:
         # talk, each named in their own turn, and a persona text that is the same for every conversation
         # lets batched backends share its KV cache.
         built = card_prompt(builder, card, self.user_name, history, text, speaker, self.lorebooks, start)
-        # tagged with its conversation, so a backend's prompt cache can drop it when the conversation is reset
-        return replace(built, prompt=replace(built.prompt, cache_key=conversation_id or None)), card
+        # tagged with its conversation and character, so a backend's prompt cache keeps a state per character of
+        # a scene, and drops them when the conversation is reset
+        key = cache_key(conversation_id, card.name) if conversation_id else None
+        return replace(built, prompt=replace(built.prompt, cache_key=key)), card
 
     def _stops(self, card: CharacterCard, speaker: str | None) -> tuple[str, ...]:
         names = {self.user_name, card.name, *([speaker] if speaker else [])}
