@@ -46,7 +46,7 @@ def pct(values: list[float], q: float) -> float:
 async def child(cache: bool, max_tokens: int, threads: int) -> None:
     import psutil
 
-    from charbot.backends.base import Prompt
+    from charbot.backends.base import Prompt, of_conversation
     from charbot.backends.kv_cache import common_prefix
     from charbot.backends.llamacpp import LlamaCppBackend
     from charbot.engine import Engine
@@ -92,7 +92,7 @@ async def child(cache: bool, max_tokens: int, threads: int) -> None:
         reply = await engine.reply(conversation, text, speaker="Pip")
         seconds = time.perf_counter() - start
         reused = backend.cache_stats()["reused_tokens"] - before
-        last[conversation] = next(tokens for tokens, owner in worker.kept.values() if owner == conversation)
+        last[conversation] = next(tokens for tokens, owner in worker.kept.values() if of_conversation(owner, conversation))
         print(json.dumps({"seconds": seconds, "prompt": len(prompt), "read": len(prompt) - reused, "new": new,
                           "generated": reply.completion_tokens, "rss": psutil.Process().memory_info().rss,
                           "stored": backend.cache_stats().get("stored_bytes", 0)}), flush=True)
