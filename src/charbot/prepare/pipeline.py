@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charbot.persona import CharacterCard, load_card, render, save_card
-from charbot.prepare.card import CardDrafts, DraftLine, LineSpool, stub_card
+from charbot.prepare.card import DraftLine, LineSpool, stub_card
 from charbot.prepare.cast import CastExamples
 from charbot.prepare.clean import DROP_EMPTY_ROW, SpeakerNames, classify, normalize_speaker, parse_aliases
+from charbot.prepare.drafting import draft_cards
 from charbot.prepare.errors import ScriptError
 from charbot.prepare.examples import ContextWindow, Line, Spool, dialogue_words, to_messages, wide_header, wide_row
 from charbot.prepare.splits import HELD_OUT, SPLITS, Units, Where
@@ -140,7 +141,12 @@ def prepare(
         cast_names = [n for n, c in reading.tally.lines.items() if cast and c >= cast and n != name]
         cast_paths = {n: out_dir / "cards" / f"{slugify(n)}.json" for n in cast_names}
         cast_paths = {n: p for n, p in cast_paths.items() if force or not p.exists()}  # existing cards are kept
-        drafted = _draft_cards(src, rep, reading, units, [name] if existing is None else [], list(cast_paths), draft_with)
+        reading.spool.close()
+        drafted = draft_cards(
+            _title(src), src.path.name, "episode" if src.columns.episode else "scene", rep, reading.spool, reading.tally.lines,
+            reading.first_line, lambda line: units.split_of(line.where) == "train",
+            [name] if existing is None else [], list(cast_paths), draft_with,
+        )
         card = existing if existing is not None else drafted[name]
         if existing is None:
             save_card(card, outs.temp("persona.json"))
@@ -289,29 +295,3 @@ def _write_splits(paths: dict[str, Path], sinks: Sinks, tally: Tally, units: Uni
 def _train_only(units: Units, spooled):
     split, placed = units.place(spooled)
     return placed if split == "train" else None
-
-
-def _draft_cards(src: ScriptSource, rep: PrepareReport, reading: Reading, units: Units, main: list[str], cast: list[str], draft_with) -> dict[str, CharacterCard]:
-    """The cards asked for, drafted from the training episodes' lines (and redrafted by `draft_with`)."""
-    reading.spool.close()
-    if not main and not cast:
-        return {}
-    drafts = CardDrafts(_title(src), [*main, *cast], reading.tally.lines, "episode" if src.columns.episode else "scene")
-    drafts.run(reading.spool, lambda line: units.split_of(line.where) == "train")
-    # a cast member heard only in held-out episodes gets no card: there is nothing to draft it from
-    names = [*main, *(n for n in cast if drafts.habits[n].lines)]
-    cards = {n: drafts.card(n, _notes(src, rep, n, reading.tally.lines[n]), reading.first_line if n in main else "") for n in names}
-    if draft_with is None:
-        return cards
-    from charbot.prepare.model_draft import redraft_all
-
-    return redraft_all({n: (c, drafts.sample(n)) for n, c in cards.items()}, draft_with)
-
-
-def _notes(src: ScriptSource, rep: PrepareReport, name: str, lines: int) -> str:
-    return (
-        f"Drafted by `charbot prepare` from {src.path.name}: {rep.rows_read:,} rows read, {rep.rows_kept:,} kept; "
-        f"{name} has {lines:,} lines; {rep.speakers:,} speakers in all (most lines: {', '.join(f'{n} {c:,}' for n, c in rep.top_speakers[:5])}). "
-        "Everything here comes from the training episodes: the description and personality are measured, the example dialogue, "
-        "greetings and lorebook lines are real lines from the script. Edit this card freely."
-    )
