@@ -74,3 +74,19 @@ def test_not_a_database_is_a_clear_error(tmp_path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(Exception, match="memory database .*junk.db"):
         MemoryStore(path)
+
+
+def test_channel_cast_is_kept_apart_from_conversations(tmp_path):
+    """Discord --cast: a channel's active cast survives a restart, /reset and the retention sweeps."""
+    path = tmp_path / "m.db"
+    store = MemoryStore(path)
+    assert store.channel_cast("discord:1") is None  # never set: the whole cast
+    store.set_channel_cast("discord:1", ["Morty", "Rick"])
+    store.set_channel_cast("discord:1", ["Morty"])
+    store.add_exchange("discord:1", [Turn("user", "hi", "Sam"), Turn("assistant", "ahoy", "Morty")])
+    store.reset("discord:1")
+    store.drop_idle_conversations(-1)
+    store.close()
+    reopened = MemoryStore(path)
+    assert reopened.channel_cast("discord:1") == ["Morty"] and reopened.channel_cast("discord:2") is None
+    reopened.close()

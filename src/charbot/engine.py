@@ -54,6 +54,12 @@ def card_prompt(
     return replace(built, lore_notes=tuple(lore.notes)) if lore and lore.notes else built
 
 
+def seen_by(character: str, history: Sequence[Turn]) -> list[Turn]:
+    """`history` as `character` sees it: lines other characters said (a scene, or before a /persona switch) are
+    turns of other named speakers, like the people's, not the character's own."""
+    return [Turn("user", t.content, t.speaker) if t.role == "assistant" and t.speaker not in (None, character) else t for t in history]
+
+
 class Engine:
     def __init__(
         self,
@@ -110,7 +116,7 @@ class Engine:
     # --- prompts -------------------------------------------------------------------------------------
     def build_prompt(
         self, conversation_id: str, text: str, speaker: str | None = None, persona: CharacterCard | None = None,
-        history: Sequence[Turn] | None = None, max_new_tokens: int | None = None,
+        history: Sequence[Turn] | None = None, max_new_tokens: int | None = None, history_start: int = 0,
     ) -> tuple[BuiltPrompt, CharacterCard]:
         """The prompt for `text`: after `history` when given, else after the conversation's remembered turns;
         room is left for `max_new_tokens` (default: the engine's setting)."""
@@ -122,11 +128,10 @@ class Engine:
             fmt=self.prompt_format,
             eos_token=self.backend.eos_token,
         )
-        start = 0
+        start = history_start
         if history is None:
-            history = self.store.history(conversation_id, HISTORY_FETCH) if conversation_id else []
-            if len(history) == HISTORY_FETCH:  # older turns exist: where this window starts in the conversation
-                start = self.store.count_messages(conversation_id) - len(history)
+            history, start = self._history(conversation_id)
+        history = seen_by(card.name, history)
         # {{user}} is the configured user name, not this message's speaker: in a group chat several people
         # talk, each named in their own turn, and a persona text that is the same for every conversation
         # lets batched backends share its KV cache.
@@ -134,16 +139,27 @@ class Engine:
         # tagged with its conversation, so a backend's prompt cache can drop it when the conversation is reset
         return replace(built, prompt=replace(built.prompt, cache_key=conversation_id or None)), card
 
+    def _history(self, conversation_id: str) -> tuple[list[Turn], int]:
+        """The remembered turns the prompt is built from, and how many older ones come before them."""
+        if not conversation_id:
+            return [], 0
+        history = self.store.history(conversation_id, HISTORY_FETCH)
+        if len(history) < HISTORY_FETCH:
+            return history, 0
+        return history, self.store.count_messages(conversation_id) - len(history)  # where this window starts
+
     def _stops(self, card: CharacterCard, speaker: str | None) -> tuple[str, ...]:
-        names = {self.user_name, card.name, *([speaker] if speaker else [])}
+        # every loaded character too: in a scene the model must not go on to write the next character's line
+        names = {self.user_name, card.name, *self.personas, *([speaker] if speaker else [])}
         return tuple(f"\n{n}:" for n in sorted(names))
 
     # --- replies -------------------------------------------------------------------------------------
     async def reply(
         self, conversation_id: str, text: str, *, speaker: str | None = None, on_update: OnUpdate | None = None,
         deliver: Deliver | None = None, deadline: float | None = None, settings: GenerationSettings | None = None,
+        persona: CharacterCard | None = None,
     ) -> Reply:
-        """Generate and clean a reply, hand it to `deliver` (which shows it to the user), then remember the
+        """Generate and clean a reply (as `persona`, else the conversation's character), hand it to `deliver` (which shows it to the user), then remember the
         exchange. A reply whose delivery raised is not remembered: the character never recalls a line nobody
         saw. Turns of one conversation are served in arrival order, delivery included.
 
@@ -152,12 +168,31 @@ class Engine:
         engine's sampling for this reply.
         """
         async with self.scheduler.slot(conversation_id, deadline=deadline) as held:
-            reply = await self._reply(conversation_id, text, speaker, on_update, sampling=settings)
+            reply = await self._reply(conversation_id, text, speaker, on_update, persona, sampling=settings)
             held.generated()  # the model is free for other conversations while this reply is sent
             if deliver is not None:
                 await deliver(reply)
             if conversation_id:
                 self._remember(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply.text, reply.persona)])
+            return reply
+
+    async def follow_up(
+        self, conversation_id: str, persona: CharacterCard, *, deliver: Deliver | None = None, deadline: float | None = None,
+        wanted: Callable[[], bool] | None = None,
+    ) -> Reply | None:
+        """A scene turn: `persona` answers the conversation's last line (another character's), with no new message
+        from a person; only its line is remembered. None when there is nothing to answer, or when `wanted()`
+        says no once the turn's slot is had (a person spoke meanwhile: their turn went first, this one is stale)."""
+        async with self.scheduler.slot(conversation_id, deadline=deadline) as held:
+            history, start = self._history(conversation_id)
+            if not history or (wanted is not None and not wanted()):
+                return None
+            last = seen_by(persona.name, history[-1:])[0]
+            reply = await self._reply(conversation_id, last.content, last.speaker, None, persona, history[:-1], None, start)
+            held.generated()
+            if deliver is not None:
+                await deliver(reply)
+            self._remember(conversation_id, [Turn("assistant", reply.text, reply.persona)])
             return reply
 
     async def ask(
@@ -171,11 +206,11 @@ class Engine:
 
     async def _reply(
         self, conversation_id: str, text: str, speaker: str | None, on_update: OnUpdate | None, persona: CharacterCard | None = None,
-        history: Sequence[Turn] | None = None, sampling: GenerationSettings | None = None,
+        history: Sequence[Turn] | None = None, sampling: GenerationSettings | None = None, history_start: int = 0,
     ) -> Reply:
         started = time.perf_counter()
         settings = sampling or self.settings
-        built, card = self.build_prompt(conversation_id, text, speaker, persona, history, settings.max_new_tokens)
+        built, card = self.build_prompt(conversation_id, text, speaker, persona, history, settings.max_new_tokens, history_start)
         settings = settings.with_stop(*self._stops(card, speaker))
         users = tuple(n for n in (self.user_name, speaker) if n)
         tokens = 0

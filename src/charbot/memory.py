@@ -7,6 +7,7 @@ being generated, never the file.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -59,6 +60,12 @@ def m001_initial(db: sqlite3.Connection) -> None:
 def m002_message_created_index(db: sqlite3.Connection) -> None:
     # retention sweeps delete by age
     db.execute("CREATE INDEX messages_by_created ON messages(created_at)")
+
+
+@migration
+def m003_channel_cast(db: sqlite3.Connection) -> None:
+    # a channel's active cast (Discord --cast): names in speaking order, as JSON; no row: the whole cast
+    db.execute("CREATE TABLE channel_casts (channel TEXT PRIMARY KEY, names TEXT NOT NULL, updated_at REAL NOT NULL)")
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,24 @@ class MemoryStore:
             try:
                 self._touch(conversation_id, now)
                 self._db.execute("UPDATE conversations SET persona = ? WHERE id = ?", (persona, conversation_id))
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from None
+
+    # --- a channel's cast (kept apart from conversations: /reset and retention leave it alone) ---------------
+    def channel_cast(self, channel: str) -> list[str] | None:
+        """The character names active in `channel`, in order; None when it was never set."""
+        with self._lock:
+            row = self._db.execute("SELECT names FROM channel_casts WHERE channel = ?", (channel,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_channel_cast(self, channel: str, names: list[str]) -> None:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO channel_casts (channel, names, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(channel) DO UPDATE SET names = excluded.names, updated_at = excluded.updated_at",
+                    (channel, json.dumps(list(names)), time.time()),
+                )
             except sqlite3.Error as exc:
                 raise self._write_error(exc) from None
 
