@@ -205,3 +205,26 @@ async def test_reset_ends_the_scene_and_healthz_shows_the_cast(fake, isolated_en
         assert body["cast"]["characters"]["Rick"]["replies"] == 1 and body["cast"]["characters"]["Morty"]["replies"] == 0
         assert body["cast"]["scene_turns"] == 2
         assert 'charbot_discord_character_replies_total{character="Rick",via="webhook"} 1.0' in metrics
+
+
+async def test_a_cards_embedded_picture_is_served_for_discord_to_fetch_as_the_avatar(fake, isolated_env, tmp_path):
+    import aiohttp
+
+    from card_files import png_image, with_card_chunks
+    from cast_support import card
+
+    guild, _, chat, user = guild_with_webhooks(fake.state)
+    cast = rick_and_morty(tmp_path / "cast")
+    picture = with_card_chunks(png_image(), chara=card("Jerry"))
+    (cast / "jerry.png").write_bytes(picture)
+    async with running_bot(fake, in_character(), isolated_env / "m.db", cast_dir=cast, discord_scene_turns=1, health=True,
+                           discord_chat_channels=[int(chat["id"])], discord_public_url="https://bot.example") as bot:
+        await fake.say(chat, user, "Jerry, hi", guild=guild)
+        [post] = await fake.wait_for(lambda: executes(fake))
+        assert post.json["username"] == "Jerry" and post.json["avatar_url"] == "https://bot.example/avatars/jerry.png"
+        await fake.wait_for(lambda: bot.health_port)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{bot.health_port}/avatars/jerry.png") as response:
+                assert response.status == 200 and response.content_type == "image/png" and await response.read() == picture
+            async with http.get(f"http://127.0.0.1:{bot.health_port}/avatars/rick.png") as response:
+                assert response.status == 404  # a JSON card has no picture
