@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import discord
+import pytest
+
 from cast_support import guild_with_webhooks, executes, in_character, rick_and_morty, speaker_of, strict
 from fakediscord.harness import running_bot
 
@@ -113,7 +116,12 @@ async def test_a_deleted_webhook_is_made_again_and_a_full_channel_falls_back(fak
         await fake.say(chat, user, "Rick?", guild=guild)
         await fake.wait_for(lambda: len(executes(fake)) == 1)
         [first] = fake.state.webhooks_in(chat["id"])
-        fake.state.delete_webhook(first["id"])  # someone removed it in Server Settings → Integrations
+        # Someone removes it (here through discord.py, as another bot or a moderator's tool would).
+        [hook] = await bot.get_channel(int(chat["id"])).webhooks()
+        await hook.delete()
+        with pytest.raises(discord.NotFound) as gone_already:
+            await hook.delete()
+        assert gone_already.value.code == 10015 and fake.state.webhooks_in(chat["id"]) == []
         await fake.say(chat, user, "Morty?", guild=guild)
         await fake.wait_for(lambda: len(executes(fake)) == 2)
         gone = [c for c in fake.state.calls if c.path.startswith(f"/webhooks/{first['id']}/") and c.status == 404]
