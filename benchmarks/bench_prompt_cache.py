@@ -46,19 +46,19 @@ def pct(values: list[float], q: float) -> float:
 async def child(cache: bool, max_tokens: int, threads: int) -> None:
     import psutil
 
-    from charbot.backends.base import Prompt
+    from charbot.backends.base import Prompt, of_conversation
     from charbot.backends.kv_cache import common_prefix
     from charbot.backends.llamacpp import LlamaCppBackend
     from charbot.engine import Engine
     from charbot.factory import sample_card_path
     from charbot.generation import GenerationSettings
-    from charbot.memory import MemoryStore
+    from charbot.memory_sqlite import SqliteStore
     from charbot.models import embedded_model_path
     from charbot.persona import load_card
 
     backend = LlamaCppBackend(embedded_model_path(), context_window=2048, threads=threads, cache_bytes=None if cache else 0)
     settings = GenerationSettings(max_new_tokens=max_tokens, do_sample=False, no_repeat_ngram_size=0, ignore_eos=True)
-    engine = Engine(backend, MemoryStore(Path(tempfile.mkdtemp()) / "m.db"), load_card(sample_card_path()), settings)
+    engine = Engine(backend, SqliteStore(Path(tempfile.mkdtemp()) / "m.db"), load_card(sample_card_path()), settings)
     await engine.warm_up()
     worker = backend.worker
 
@@ -85,14 +85,14 @@ async def child(cache: bool, max_tokens: int, threads: int) -> None:
     last: dict[str, tuple[int, ...]] = {}
     for line in sys.stdin:
         conversation, text = json.loads(line)
-        prompt = tuple(backend.prompt_tokens(engine.build_prompt(conversation, text, speaker="Pip")[0].prompt))
+        prompt = tuple(backend.prompt_tokens((await engine.build_prompt(conversation, text, speaker="Pip"))[0].prompt))
         new = len(prompt) - min(common_prefix(prompt, last.get(conversation, ())), len(prompt) - 1)
         before = backend.cache_stats().get("reused_tokens", 0)
         start = time.perf_counter()
         reply = await engine.reply(conversation, text, speaker="Pip")
         seconds = time.perf_counter() - start
         reused = backend.cache_stats()["reused_tokens"] - before
-        last[conversation] = next(tokens for tokens, owner in worker.kept.values() if owner == conversation)
+        last[conversation] = next(tokens for tokens, owner in worker.kept.values() if of_conversation(owner, conversation))
         print(json.dumps({"seconds": seconds, "prompt": len(prompt), "read": len(prompt) - reused, "new": new,
                           "generated": reply.completion_tokens, "rss": psutil.Process().memory_info().rss,
                           "stored": backend.cache_stats().get("stored_bytes", 0)}), flush=True)

@@ -124,7 +124,7 @@ async def main(args) -> None:
                 many[side.name].append(await burst(side, questions(args.concurrent, f"c{r}")))
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     await engine.backend.aclose()
-    engine.store.close()
+    await engine.store.close()
     load_after = os.getloadavg()
 
     # The same replies on both sides: the same work was done (greedy; a stop string would end both alike).

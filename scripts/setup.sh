@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv and install charbot into it. Idempotent and quick when nothing changed.
-#   scripts/setup.sh serve   chat + Discord + `charbot serve` + remote inference (no torch)
+#   scripts/setup.sh serve   chat + Discord + `charbot serve` + remote inference + PostgreSQL memory client (no torch)
 #   scripts/setup.sh dev     everything: training, tests (torch CPU build installed first); as root with apt,
-#                            also Debian's chromium + chromium-driver for the page's browser test
+#                            also Debian's chromium + chromium-driver for the page's browser test, and Debian's
+#                            postgresql server binaries for the PostgreSQL memory tests (the tests start their own server)
 # llama-cpp-python has no binary wheels on PyPI: it is built once (~4-13 min) into a wheelhouse that later
 # set-ups and CI reuse. The build is portable (AVX2 baseline): a native build picks up AMX on some VMs and crashes.
 set -euo pipefail
@@ -16,8 +17,8 @@ torch_version=2.13.0
 export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"}
 
 case "$profile" in
-  serve) extras="discord,remote,serve" ;;
-  dev) extras="discord,remote,serve,train,kaggle,dev" ;;
+  serve) extras="discord,remote,serve,postgres" ;;
+  dev) extras="discord,remote,serve,postgres,train,kaggle,dev" ;;
   *) echo "usage: scripts/setup.sh [serve|dev]" >&2; exit 2 ;;
 esac
 
@@ -29,6 +30,18 @@ if [ "$profile" = dev ] && ! { command -v chromium && command -v chromedriver; }
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   else
     echo "charbot setup: chromium/chromium-driver missing and not installable here (needs root and apt); the browser test will be skipped" >&2
+  fi
+fi
+
+# The PostgreSQL store's tests start a throwaway server (initdb + postgres, tests/pg_server.py): they need the
+# server binaries, not a running service. Checked on every run, like the browser.
+pg_binaries() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; }
+if [ "$profile" = dev ] && ! pg_binaries; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "charbot setup: installing postgresql (apt) for the PostgreSQL memory tests..." >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "charbot setup: PostgreSQL server binaries missing and not installable here (needs root and apt); the PostgreSQL tests will be skipped" >&2
   fi
 fi
 

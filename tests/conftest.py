@@ -13,7 +13,7 @@ from charbot.backends.remote import RemoteBackend
 from charbot.errors import BackendError
 from charbot.factory import sample_card_path
 from charbot.generation import GenerationSettings
-from charbot.memory import MemoryStore
+from charbot.memory_sqlite import SqliteStore
 from charbot.persona import load_card
 
 
@@ -107,10 +107,53 @@ def sample_card():
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = MemoryStore(tmp_path / "memory.db")
+async def store(tmp_path: Path):
+    """The default store: SQLite in a temporary file (`store.sync` reads it without awaiting)."""
+    s = SqliteStore(tmp_path / "memory.db")
     yield s
-    s.close()
+    await s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (tests/pg_server.py) for the whole session: initdb in a temporary directory,
+    a free loopback port. Skipped, saying why, only where no server binaries can be had."""
+    from pg_server import PostgresServer, why_unavailable
+
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL of a fresh, empty database on the session's server, owned by a password-protected role."""
+    return postgres.new_database(f"t{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def memory_url(request, tmp_path: Path) -> str:
+    """Each kind of memory_url in turn: a SQLite file, and an empty PostgreSQL database on the session's server."""
+    return str(tmp_path / "memory.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_store(request, tmp_path: Path):
+    """Each store implementation in turn, opened on an empty database."""
+    from charbot.memory import create_store
+
+    url = str(tmp_path / "memory.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = create_store(url)
+    await s.open()
+    yield s
+    await s.close()
 
 
 @pytest.fixture

@@ -85,4 +85,4 @@ async def serving(backend, *, api_key: str | None = None, warm: bool = True, **f
                 for client in served.clients:
                     await client.close()
     finally:
-        api.engine.store.close()
+        await api.engine.store.close()

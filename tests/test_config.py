@@ -75,6 +75,7 @@ def test_a_trained_models_persona_is_picked_up(isolated_env):
 FLAT_CASES = [
     ("temperature", "0.25", ("generation", "temperature"), 0.25),
     ("db_path", "/tmp/x.db", ("memory", "db_path"), __import__("pathlib").Path("/tmp/x.db")),
+    ("memory_url", "postgresql://bot@db:5432/charbot", ("memory", "memory_url"), "postgresql://bot@db:5432/charbot"),
     ("remote_timeout", "7", ("remote", "timeout"), 7.0),
     ("base_url", "http://127.0.0.1:9/v1", ("remote", "base_url"), "http://127.0.0.1:9/v1"),
     ("discord_chat_channels", "[1, 2]", ("discord", "chat_channels"), [1, 2]),
@@ -140,3 +141,15 @@ def test_serve_settings_have_flat_names_like_every_group(isolated_env, monkeypat
     assert (load_settings().serve.host, load_settings().serve.max_tokens) == ("127.0.0.1", 512)  # loopback by default
     with pytest.raises(ConfigError, match="'serve_max_body_bytes'.*--serve-max-body-bytes"):
         load_settings(serve_max_body_bytes=10)
+
+
+def test_shard_ids_from_the_command_line_are_comma_separated_and_within_the_count(isolated_env):
+    assert load_settings(discord_shard_ids="2,3", discord_shard_count="4").discord.shard_ids == [2, 3]
+    with pytest.raises(ConfigError, match="discord_shard_ids must be distinct numbers from 0 to 3"):
+        load_settings(discord_shard_ids="3,4", discord_shard_count="4")
+
+
+def test_a_memory_url_password_is_never_echoed(isolated_env):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(memory_url="redis://bot:hunter2@db/0")
+    assert "memory_url" in str(caught.value) and "hunter2" not in str(caught.value) and "bot:***@db" in str(caught.value)

@@ -146,12 +146,12 @@ async def test_a_reply_discord_refused_is_not_remembered(fake, world, isolated_e
         conversation = f"discord:{general['id']}"
         await fake.say(general, user, f"<@{bot.user.id}> first", guild=guild, mentions=[fake.state.bot_user])
         await fake.wait_for(lambda: bot.metrics.errors.labels("discord")._value.get() == 1)
-        assert bot.engine.store.count_messages(conversation) == 0
+        assert bot.engine.store.sync.count_messages(conversation) == 0
         await fake.say(general, user, f"<@{bot.user.id}> second", guild=guild, mentions=[fake.state.bot_user])
         [post] = await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
         assert post.json["content"] == "A line that arrives."
-        await fake.wait_for(lambda: bot.engine.store.count_messages(conversation) == 2)
-        assert [t.content for t in bot.engine.store.history(conversation)] == ["second", "A line that arrives."]
+        await fake.wait_for(lambda: bot.engine.store.sync.count_messages(conversation) == 2)
+        assert [t.content for t in bot.engine.store.sync.history(conversation)] == ["second", "A line that arrives."]
         assert all("nobody will see" not in m.content for m in backend.prompts[-1].messages)
 
 
@@ -189,20 +189,20 @@ async def test_slash_reset_forgets_the_channel(fake, world, isolated_env):
         assert {c["name"] for c in fake.state.commands} == {"reset", "persona", "ask"}
         await fake.say(general, user, f"<@{bot.user.id}> remember the red buoy", guild=guild, mentions=[fake.state.bot_user])
         await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
-        assert bot.engine.store.count_messages(f"discord:{general['id']}") == 2
+        await fake.wait_for(lambda: bot.engine.store.sync.count_messages(f"discord:{general['id']}") == 2)  # remembered once sent
         interaction = await fake.slash("reset", channel=general, user=user, guild=guild, permissions=(1 << 13) | (1 << 31))  # Manage Messages
         await fake.wait_for(lambda: "response" in interaction)
         assert interaction["response"]["message"]["content"] == "Forgot 2 messages. Fresh start."
-        assert bot.engine.store.count_messages(f"discord:{general['id']}") == 0
+        assert bot.engine.store.sync.count_messages(f"discord:{general['id']}") == 0
 
 
-async def test_slash_persona_lists_and_switches_only_for_manage_server(fake, world, isolated_env, sample_card, tmp_path):
+async def test_slash_persona_lists_and_switches_only_for_manage_server(fake, world, isolated_env, sample_card, tmp_path, memory_url):
     guild, general, _, user = world
     cards = tmp_path / "cards"
     cards.mkdir()
     (cards / "bram.json").write_text(sample_card.model_copy(update={"data": sample_card.data.model_copy(update={"name": "Bram Salt"})}).model_dump_json())
     backend = ScriptedBackend(["Ahoy."])
-    async with running_bot(fake, backend, isolated_env / "m.db", persona_dir=cards) as bot:
+    async with running_bot(fake, backend, isolated_env / "m.db", persona_dir=cards, memory_url=memory_url) as bot:
         listing = await fake.slash("persona", channel=general, user=user, guild=guild)
         await fake.wait_for(lambda: "response" in listing)
         assert "Bram Salt" in listing["response"]["message"]["content"]
@@ -211,11 +211,11 @@ async def test_slash_persona_lists_and_switches_only_for_manage_server(fake, wor
         denied = await fake.slash("persona", channel=general, user=user, guild=guild, options=option)
         await fake.wait_for(lambda: "response" in denied)
         assert "Manage Server" in denied["response"]["message"]["content"]
-        assert bot.engine.persona_for(f"discord:{general['id']}").name != "Bram Salt"
+        assert (await bot.engine.persona_for(f"discord:{general['id']}")).name != "Bram Salt"
         switched = await fake.slash("persona", channel=general, user=user, guild=guild, options=option, permissions=(1 << 5) | (1 << 31))
         await fake.wait_for(lambda: "response" in switched)
         assert "Bram Salt" in switched["response"]["message"]["content"]
-        assert bot.engine.persona_for(f"discord:{general['id']}").name == "Bram Salt"
+        assert (await bot.engine.persona_for(f"discord:{general['id']}")).name == "Bram Salt"
 
 
 async def test_slash_persona_takes_an_uploaded_card_and_a_bad_one_changes_nothing(fake, world, isolated_env, tmp_path):
@@ -236,7 +236,7 @@ async def test_slash_persona_takes_an_uploaded_card_and_a_bad_one_changes_nothin
             await fake.wait_for(lambda: "response" in refused)
             message = refused["response"]["message"]
             assert says in message["content"] and "Still talking as **Orla**" in message["content"] and message["flags"] & 64
-            assert bot.engine.persona_for(conversation).name == "Orla" and "impostor" not in bot.engine.personas["Orla"].data.description
+            assert (await bot.engine.persona_for(conversation)).name == "Orla" and "impostor" not in bot.engine.personas["Orla"].data.description
         option, resolved = fake.attach("wren.png", with_card_chunks(png_image(), chara=wren(2), ccv3=wren(3)))
         switched = await fake.slash("persona", channel=general, user=user, guild=guild, options=[option], resolved=resolved, permissions=admin)
         await fake.wait_for(lambda: "response" in switched)
@@ -253,7 +253,7 @@ async def test_slash_ask_answers_once_and_remembers_nothing(fake, world, isolate
         interaction = await fake.slash("ask", channel=general, user=user, guild=guild, options=[{"name": "question", "type": 3, "value": "how fast?"}])
         await fake.wait_for(lambda: interaction.get("response", {}).get("message", {}).get("content") == "Three knots, no more.")
         assert interaction["response"]["type"] == 5  # deferred ("thinking…") first
-        assert bot.engine.store.count_messages() == 0
+        assert bot.engine.store.sync.count_messages() == 0
 
 
 async def test_ping_author_setting_lets_only_the_author_be_pinged(fake, world, isolated_env):

@@ -71,7 +71,7 @@ async def test_a_scene_stops_after_the_configured_character_turns_and_never_runs
         assert speaker_of(morty_prompt) == "Morty"
         assert [m.content for m in morty_prompt.messages[1:]] == ["Marek: Rick, we need a plan.\nRick: Morty, grab the gun."]
         # One transcript for the channel, every speaker named.
-        history = bot.engine.store.history(f"discord:{chat['id']}")
+        history = await bot.engine.store.history(f"discord:{chat['id']}")
         assert [(t.role, t.speaker) for t in history] == [("user", "Marek"), ("assistant", "Rick"), ("assistant", "Morty"), ("assistant", "Rick")]
         # The cast's own lines (and any other webhook's) come back through the gateway and start nothing.
         foreign = fake.state.add_webhook(chat, "Captain Hook", by_bot=False)

@@ -2,8 +2,9 @@ import asyncio
 
 from conftest import ScriptedBackend
 
+from charbot.backends.base import cache_key
 from charbot.engine import Engine
-from charbot.memory import MemoryStore
+from charbot.memory_sqlite import SqliteStore
 from charbot.persona import CharacterCard
 
 
@@ -16,7 +17,7 @@ async def test_reply_is_cleaned_and_remembered(scripted, store, sample_card):
     engine = make(scripted, store, sample_card)
     reply = await engine.reply("c", "Hello")
     assert reply.text == "Kettle's on, sprat." and reply.persona == "Orla" and not reply.fallback
-    assert [(t.role, t.content) for t in store.history("c")] == [("user", "Hello"), ("assistant", "Kettle's on, sprat.")]
+    assert [(t.role, t.content) for t in await store.history("c")] == [("user", "Hello"), ("assistant", "Kettle's on, sprat.")]
     # stop strings name both sides so the model cannot write the user's next line
     assert "\nUser:" in scripted.settings[-1].stop and "\nOrla:" in scripted.settings[-1].stop
 
@@ -24,19 +25,19 @@ async def test_reply_is_cleaned_and_remembered(scripted, store, sample_card):
 async def test_conversation_survives_restart(tmp_path, sample_card):
     path = tmp_path / "memory.db"
     first = ScriptedBackend(["Aye, I remember the storm of '09."])
-    engine = make(first, MemoryStore(path), sample_card)
+    engine = make(first, SqliteStore(path), sample_card)
     await engine.reply("chan", "Tell me about the big storm", speaker="Sam")
-    engine.store.close()
+    await engine.store.close()
 
     # a new process: new store object on the same file, new backend
     second = ScriptedBackend(["It took the pier."])
-    engine = make(second, MemoryStore(path), sample_card)
+    engine = make(second, SqliteStore(path), sample_card)
     await engine.reply("chan", "What did it break?", speaker="Sam")
     contents = [m.content for m in second.prompts[0].messages]
     assert "Sam: Tell me about the big storm" in contents
     assert "Orla: Aye, I remember the storm of '09." in contents  # speakers named, so the character is too
     assert contents[-1] == "Sam: What did it break?"
-    engine.store.close()
+    await engine.store.close()
 
 
 async def test_never_empty_never_echo(store, sample_card):
@@ -64,7 +65,7 @@ async def test_turns_of_one_conversation_stay_in_order(store, sample_card):
     backend = ScriptedBackend(respond=lambda p: "re: " + p.messages[-1].content, delay=0.01)
     engine = make(backend, store, sample_card)
     await asyncio.gather(*(engine.reply("c", f"message {i}") for i in range(6)))
-    history = store.history("c")
+    history = await store.history("c")
     assert [t.content for t in history if t.role == "user"] == [f"message {i}" for i in range(6)]
     # each reply was generated with all earlier exchanges in the prompt
     assert [len(p.messages) for p in backend.prompts] == [3, 5, 7, 9, 11, 13]  # system, greeting, turns
@@ -84,12 +85,12 @@ async def test_reset_and_persona_switch(store, sample_card):
     backend = ScriptedBackend(["Bread."])
     engine = make(backend, store, sample_card, personas={"Bob": bob})
     await engine.reply("c", "hi")
-    assert engine.reset("c") == 2
-    engine.set_persona("c", "bob")
+    assert await engine.reset("c") == 2
+    await engine.set_persona("c", "bob")
     reply = await engine.reply("c", "who are you?")
     assert reply.persona == "Bob"
     assert "You are Bob" in backend.prompts[-1].messages[0].content
-    assert engine.persona_for("other").name == "Orla"
+    assert (await engine.persona_for("other")).name == "Orla"
 
 
 async def test_dialogpt_prompts_join_turns_with_eos(store, sample_card):
@@ -105,7 +106,7 @@ async def test_warm_up_loads_and_generates_once(store, sample_card):
     engine = make(backend, store, sample_card)
     await engine.warm_up()
     assert backend.ready and backend.calls == 1
-    assert store.count_messages() == 0  # the warm-up is not a conversation
+    assert await store.count_messages() == 0  # the warm-up is not a conversation
 
 
 async def test_ask_is_one_off(store, sample_card):
@@ -116,7 +117,7 @@ async def test_ask_is_one_off(store, sample_card):
     assert reply.text == "Tea, always."
     assert [m.content for m in backend.prompts[-1].messages[-1:]] == ["Sam: Do you like tea?"]
     assert len(backend.prompts[-1].messages) == 3  # system, greeting, the question: no history
-    assert store.count_messages() == 2  # only the first exchange is remembered
+    assert await store.count_messages() == 2  # only the first exchange is remembered
 
 
 async def test_ask_takes_the_callers_history_and_sampling_and_remembers_nothing(store, sample_card):
@@ -132,7 +133,7 @@ async def test_ask_takes_the_callers_history_and_sampling_and_remembers_nothing(
     shown = [m.content for m in backend.prompts[-1].messages]
     assert "Pip: Remember the storm of ninety-one?" in shown and shown[-1] == "Pip: Was it worse than this one?"
     assert (backend.settings[-1].max_new_tokens, backend.settings[-1].temperature) == (7, 0.2)
-    assert store.count_conversations() == 0  # nothing remembered
+    assert await store.count_conversations() == 0  # nothing remembered
 
 
 async def test_reply_takes_per_call_sampling_and_leaves_room_for_its_tokens(store, sample_card):
@@ -142,7 +143,7 @@ async def test_reply_takes_per_call_sampling_and_leaves_room_for_its_tokens(stor
     backend = ScriptedBackend(["Aye."], context_window=400)
     engine = Engine(backend, store, sample_card)
     for i in range(30):
-        store.add_exchange("c", [Turn("user", f"question number {i} about the lamp"), Turn("assistant", "the lamp burns all night", "Orla")])
+        await store.add_exchange("c", [Turn("user", f"question number {i} about the lamp"), Turn("assistant", "the lamp burns all night", "Orla")])
     short = await engine.reply("c", "hi", settings=GenerationSettings(max_new_tokens=8))
     long = await engine.reply("c", "hi", settings=GenerationSettings(max_new_tokens=200, temperature=0.1))
     assert (backend.settings[-1].max_new_tokens, backend.settings[-1].temperature) == (200, 0.1)
@@ -168,6 +169,8 @@ async def test_a_scene_turn_answers_the_last_line_and_other_characters_are_named
     assert backend.prompts[-1].reply_prefix == "Morty:"
     assert "\nRick:" in backend.settings[-1].stop and "\nMorty:" in backend.settings[-1].stop
     # only the character's line is remembered: there was no new message from a person
-    assert [(t.role, t.speaker) for t in store.history("c")] == [("user", "Sam"), ("assistant", "Rick"), ("assistant", "Morty")]
+    assert [(t.role, t.speaker) for t in await store.history("c")] == [("user", "Sam"), ("assistant", "Rick"), ("assistant", "Morty")]
+    # each character of the scene keeps its own prompt-cache state of the conversation
+    assert [p.cache_key for p in backend.prompts] == [cache_key("c", "Rick"), cache_key("c", "Morty")]
     assert await engine.follow_up("c", rick, wanted=lambda: False) is None  # a person spoke meanwhile: stale
     assert await engine.follow_up("empty", rick) is None and backend.calls == 2

@@ -86,24 +86,91 @@ def test_persona_judge_learns_only_the_character_when_the_cast_is_in_train(tmp_p
     assert len(other) > len(other_plain)
 
 
-def test_eval_writes_a_report_comparing_models(setup, tmp_path):
+def test_eval_writes_a_report_comparing_models(setup, tmp_path, capsys):
     from charbot.eval.run import Candidate, evaluate
 
-    data, base, root = setup
+    data, base, root = setup  # prepared before test splits: no test.jsonl, so val.jsonl is scored, with a note
     rows = evaluate(data, tmp_path / "report", [Candidate("base", str(base), persona=False), Candidate("base + persona", str(base)),
                                                 Candidate("named", str(base), named=True)],
                     limit=3, max_new_tokens=6, samples=2)
+    assert "test.jsonl is missing or empty" in capsys.readouterr().err
     assert [r.label for r in rows] == ["base", "base + persona", "named"]
     assert all([len(per_context) for per_context in r.replies] == [2, 2, 2] and r.perplexity > 1 for r in rows)
     # two draws per context, each from its own point in the sampling stream: a random model does not repeat itself
     assert all(len(set(per_context)) == 2 for per_context in rows[0].replies)
     assert rows[2].named and not rows[1].named and rows[2].perplexity != rows[1].perplexity
+    assert all(0 <= r.hits_at_1 <= 1 and 0 < r.mrr <= 1 and r.judge_ratio > 0 for r in rows)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| base + persona | yes | no |" in report and "| named | yes | yes |" in report and "2 sampled replies per context" in report
     assert "| real lines (reference) |" in report and "| other speakers (reference) |" in report
+    assert "**Note**" in report and "val.jsonl" in report and "ROC-AUC" in report
     assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert {r["label"] for r in results} == {"base", "base + persona", "named", "real lines (reference)", "other speakers (reference)"}
+    assert {r["label"] for r in results["models"]} == {"base", "base + persona", "named", "real lines (reference)", "other speakers (reference)"}
+    assert results["split"] == "val" and 0 <= results["judge"]["auc"] <= 1
+    assert [r["judge_ratio"] for r in results["models"] if r["label"] == "real lines (reference)"] == [pytest.approx(1.0)]
+
+
+def test_eval_scores_the_test_split_by_default(tmp_path, capsys):
+    from charbot.eval.run import Candidate, evaluate
+
+    data = make_prepared(tmp_path / "data", test_episodes=1)
+    base = make_tiny_base(tmp_path / "base")
+    test = load_jsonl(data / "test.jsonl")
+    rows = evaluate(data, tmp_path / "report", [Candidate("base", str(base))], limit=2, max_new_tokens=4)
+    assert "note:" not in capsys.readouterr().err
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["split"] == "test" and results["contexts"] == 2 and rows[0].replies
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "the test split (test.jsonl)" in report and "**Note**" not in report
+    assert f"### 1. {test[0].episode}" in report and test[0].messages[-1]["content"] in report  # the real line, next to the replies
+
+
+def test_judge_auc_is_near_one_on_separable_speakers_and_near_half_on_alike_ones():
+    import random
+
+    from charbot.dataset import Example
+    from charbot.eval.persona_score import PersonaClassifier, roc_auc
+
+    rng = random.Random(0)
+    sea = ["Aye, the {} is rolling in off the {} again.", "Batten the {} before the {} turns.", "Mind the {}, the {} bites at night."]
+    sea_words = ["fog", "tide", "gulls", "lamp", "hull", "harbour", "storm", "rope"]
+    desk = ["Please file the {} report before the {} meeting.", "The {} budget needs sign-off from {} finance.",
+            "Our quarterly {} review moved to the {} calendar slot."]
+    desk_words = ["expense", "compliance", "audit", "payroll", "vendor", "licence", "invoice", "travel"]
+
+    def lines(templates, words, n):
+        return [rng.choice(templates).format(rng.choice(words), rng.choice(words)) for _ in range(n)]
+
+    def examples(own, other):
+        return [Example([{"role": "system", "content": "You are Orla."}, {"role": "user", "content": f"Pip: {o}"},
+                         {"role": "assistant", "content": m}], "ep", "Orla") for m, o in zip(own, other)]
+
+    train_sea, train_desk = lines(sea, sea_words, 40), lines(desk, desk_words, 40)
+    judge = PersonaClassifier.fit(examples(train_sea, train_desk), character="Orla")
+    apart = judge.quality(lines(sea, sea_words, 20), lines(desk, desk_words, 20))
+    assert apart.auc > 0.95 and apart.accepts_real > 0.8 and apart.accepts_others < 0.2
+    # the same measure on two speakers who talk alike: no better than a coin, so a near-1 AUC above is earned
+    mixed = lines(sea + desk, sea_words + desk_words, 120)
+    alike = PersonaClassifier.fit(examples(mixed[:40], mixed[40:80]), character="Orla").quality(mixed[80:100], mixed[100:])
+    assert 0.25 < alike.auc < 0.75
+    assert roc_auc([3, 4], [1, 2]) == 1.0 and roc_auc([1, 2], [3, 4]) == 0.0 and roc_auc([1, 2], [1, 2]) == 0.5
+
+
+def test_targets_fail_a_catchphrase_model_that_the_judge_likes():
+    from charbot.eval.report import targets
+    from charbot.eval.run import Row
+
+    def row(label, persona, ppl, hits, ratio, d2, words):
+        return Row(label, "m", persona, False, ppl, 0.5, 0.5, d2, words, hits_at_1=hits, judge_ratio=ratio)
+
+    base = row("base", False, 30.0, 0.10, 0.6, 0.9, 12.0)
+    real = row("real lines (reference)", True, float("nan"), float("nan"), 1.0, 0.89, 12.0)
+    good = row("good", True, 16.0, 0.25, 1.05, 0.8, 10.0)
+    catchphrase = row("oh man", True, 16.0, 0.25, 1.3, 0.3, 2.0)  # judged more in character than the real lines
+    table = "\n".join(targets([base, good, catchphrase], [real]))
+    assert "| good | 47% below | 2.5× | 1.05 | 0.90× | 0.83× | yes |" in table
+    assert "| oh man |" in table and table.splitlines()[-1].endswith("| no |") and "0.34× ✗" in table and "0.17× ✗" in table
 
 
 def test_named_reply_perplexity_scores_the_line_not_the_name():

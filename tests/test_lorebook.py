@@ -123,17 +123,15 @@ def test_bad_lorebooks_are_one_line_errors(raw, says):
 # --- in the prompt --------------------------------------------------------------------------------------
 
 
-def engine_for(card_raw: dict, context_window: int = 2048, **kw) -> tuple[Engine, ScriptedBackend]:
+def engine_for(store, card_raw: dict, context_window: int = 2048, **kw) -> tuple[Engine, ScriptedBackend]:
     backend = ScriptedBackend(["Aye."], context_window=context_window)
-    from charbot.memory import MemoryStore
-
-    return Engine(backend, MemoryStore(":memory:"), parse_card(card_raw), **kw), backend
+    return Engine(backend, store, parse_card(card_raw), **kw), backend
 
 
-def test_entries_go_before_and_after_the_character_and_at_a_depth():
-    engine, _ = engine_for(wren(2))
+async def test_entries_go_before_and_after_the_character_and_at_a_depth(store):
+    engine, _ = engine_for(store, wren(2))
     history = [Turn("user", "morning"), Turn("assistant", "Morning."), Turn("user", "the eel trap again"), Turn("assistant", "Hm.")]
-    built, _ = engine.build_prompt("", "is the Heron yours? and the winter tolls?", history=history)
+    built, _ = await engine.build_prompt("", "is the Heron yours? and the winter tolls?", history=history)
     messages = built.prompt.messages
     system = messages[0].content
     order = [system.index(s) for s in ("You are Wren.", "Lock nine is the deepest", "In winter the tolls double", "Wren Alder, keeper",
@@ -141,24 +139,24 @@ def test_entries_go_before_and_after_the_character_and_at_a_depth():
     assert order == sorted(order)  # before_char (by insertion order) before the description, after_char after the scenario
     assert "ghost" not in system  # disabled
     assert "Eels are bad luck" not in "".join(m.content for m in messages)  # "eel" is three messages back: past scan depth 2
-    assert "eel" not in [u.entry.label for u in engine.build_prompt("", "any eels?", history=history)[0].lore]  # "eels" is not "eel"
-    built, _ = engine.build_prompt("", "any eel about?", history=history)
+    assert "eel" not in [u.entry.label for u in (await engine.build_prompt("", "any eels?", history=history))[0].lore]  # "eels" is not "eel"
+    built, _ = await engine.build_prompt("", "any eel about?", history=history)
     roles = [(m.role, m.content[:12]) for m in built.prompt.messages]
     assert roles[-2:] == [("system", "Eels are bad"), ("user", "any eel abou")]  # @@depth 1: before the newest message
     labels = {u.entry.label: (u.placed, u.note) for u in built.lore}
     assert labels["eel"] == (True, "at depth 1 as system")
 
 
-def test_depth_counts_messages_from_the_newest():
+async def test_depth_counts_messages_from_the_newest(store):
     raw = wren(2, book={"entries": [{"keys": ["eel"], "content": "@@depth 3\nDEEP", "extensions": {}, "enabled": True, "insertion_order": 1}]})
-    engine, _ = engine_for(raw)
+    engine, _ = engine_for(store, raw)
     history = [Turn("user", "one"), Turn("assistant", "two"), Turn("user", "three"), Turn("assistant", "four")]
-    built, _ = engine.build_prompt("", "eel?", history=history)
+    built, _ = await engine.build_prompt("", "eel?", history=history)
     contents = [m.content for m in built.prompt.messages]
     assert contents[-5:] == ["two", "DEEP", "three", "four", "eel?"]  # before the third newest message
 
 
-def test_the_budget_keeps_constants_first_then_priority_and_never_cuts_an_entry():
+async def test_the_budget_keeps_constants_first_then_priority_and_never_cuts_an_entry(store):
     words = " ".join(["word"] * 40)  # ScriptedBackend counts words: each entry costs 41 tokens
     entries = [
         {"keys": ["storm"], "content": f"LOW {words}", "insertion_order": 1, "extensions": {}, "enabled": True},
@@ -166,8 +164,8 @@ def test_the_budget_keeps_constants_first_then_priority_and_never_cuts_an_entry(
         {"keys": [], "constant": True, "content": f"CONST {words}", "insertion_order": 0, "extensions": {}, "enabled": True},
         {"keys": ["storm"], "content": f"PRIO {words}", "insertion_order": 2, "priority": 95, "extensions": {}, "enabled": True},
     ]
-    engine, _ = engine_for(wren(2, book={"entries": entries, "token_budget": 100}), context_window=2048)
-    built, _ = engine.build_prompt("", "a storm is coming")
+    engine, _ = engine_for(store, wren(2, book={"entries": entries, "token_budget": 100}), context_window=2048)
+    built, _ = await engine.build_prompt("", "a storm is coming")
     placed = [u.entry.content.split()[0] for u in built.lore if u.placed]
     assert placed == ["CONST", "PRIO"]  # the constant, then the highest priority; 2 x 42 tokens fit 100, a third does not
     left = [u for u in built.lore if not u.placed]
@@ -175,20 +173,21 @@ def test_the_budget_keeps_constants_first_then_priority_and_never_cuts_an_entry(
     system = built.prompt.messages[0].content
     assert f"CONST {words}" in system and f"PRIO {words}" in system and "HIGH" not in system  # whole entries only
     # a small context: the lorebook share of the budget decides, and the whole prompt fits the window
-    engine, backend = engine_for(wren(2, book={"entries": entries}), context_window=400)
-    built, _ = engine.build_prompt("", "a storm is coming", history=[Turn("user", "x " * 30), Turn("assistant", "y " * 30)] * 4)
+    engine, backend = engine_for(store, wren(2, book={"entries": entries}), context_window=400)
+    built, _ = await engine.build_prompt("", "a storm is coming", history=[Turn("user", "x " * 30), Turn("assistant", "y " * 30)] * 4)
     total = sum(backend.count_tokens(m.content) + 5 for m in built.prompt.messages)
     assert total <= 400 - engine.settings.max_new_tokens
     assert 0 < sum(u.placed for u in built.lore) < 4
 
 
-def test_global_lorebook_setting_and_the_card_book_both_apply(tmp_path, isolated_env):
+async def test_global_lorebook_setting_and_the_card_book_both_apply(tmp_path, isolated_env):
     card = tmp_path / "wren.png"
     card.write_bytes(with_card_chunks(png_image(), chara=wren(2)))
     world = tmp_path / "world.json"
     world.write_text(json.dumps(world_info()))
     engine = build_engine(load_settings(persona=str(card), lorebook=str(world)), backend=ScriptedBackend())
-    built, _ = engine.build_prompt("", "the sluice by the Heron")
+    built, _ = await engine.build_prompt("", "the sluice by the Heron")
+    await engine.store.close()  # the settings' SQLite file: its thread is not left running
     assert [u.entry.book for u in built.lore] == ["Wren's card", "Wren's card", "lorebook world.json"]  # constant, Heron, sluice
     system = built.prompt.messages[0].content
     assert "The sluice at lock nine sticks in frost." in system and "The Heron is Wren's narrowboat" in system

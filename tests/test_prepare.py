@@ -13,7 +13,8 @@ from charbot.persona import example_dialogues, load_card
 from charbot.prepare import ScriptError, prepare
 from charbot.prepare.clean import clean_line, normalize_speaker, parse_aliases
 from charbot.prepare.detect import Dialect
-from charbot.prepare.examples import Splits, val_score
+from charbot.prepare.pipeline import CUT_CONTEXT
+from charbot.prepare.splits import Splits, val_score
 from charbot.prepare.readers import iter_rows, open_script, quote_left_open
 
 
@@ -44,7 +45,7 @@ def test_orla_variants_merge_and_directions_go(orla):
     assert rep.character == "Orla"
     assert rep.character_rows_raw == rep.character_lines == 84  # includes the "ORLA " row
     assert rep.directions_removed >= 2
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         for rec in read_jsonl(orla.out_dir / f"{split}.jsonl"):
             for m in rec["messages"]:
                 assert "(sighs)" not in m["content"] and "(groans)" not in m["content"]
@@ -54,8 +55,8 @@ def test_examples_never_cross_episodes(orla):
     by_episode: dict[str, set[str]] = {}
     for episode, speaker, text in sample_rows():
         by_episode.setdefault(episode, set()).update({f"{speaker}: {text}", text})
-    records = read_jsonl(orla.out_dir / "train.jsonl") + read_jsonl(orla.out_dir / "val.jsonl")
-    assert len(records) == orla.report.examples["train"] + orla.report.examples["val"] > 60
+    records = [r for split in ("train", "val", "test") for r in read_jsonl(orla.out_dir / f"{split}.jsonl")]
+    assert len(records) == sum(orla.report.examples.values()) > 60
     for rec in records:
         own = by_episode[rec["episode"]]
         for m in rec["messages"][1:]:
@@ -81,34 +82,48 @@ def test_context_window_is_respected(tmp_path):
 
 
 def test_split_by_episode_is_deterministic_and_disjoint(orla, tmp_path):
-    prepare(sample_script_path(), "Orla", tmp_path / "again", wide_csv=True)
-    for name in ("train.jsonl", "val.jsonl"):
-        assert (orla.out_dir / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
-    train = {r["episode"] for r in read_jsonl(orla.out_dir / "train.jsonl")}
-    val = {r["episode"] for r in read_jsonl(orla.out_dir / "val.jsonl")}
+    # --test-fraction 0: the two splits of old, by whole episodes (four are enough for one held-out split)
+    prepare(sample_script_path(), "Orla", tmp_path / "one", test_fraction=0)
+    prepare(sample_script_path(), "Orla", tmp_path / "two", test_fraction=0)
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    train = {r["episode"] for r in read_jsonl(tmp_path / "one" / "train.jsonl")}
+    val = {r["episode"] for r in read_jsonl(tmp_path / "one" / "val.jsonl")}
     assert train and val and not train & val
-    assert len(train | val) == 4
+    assert len(train | val) == 4 and (tmp_path / "one" / "test.jsonl").read_text() == ""
 
 
 def test_both_splits_non_empty_even_with_tiny_fraction(tmp_path):
-    res = prepare(sample_script_path(), "Orla", tmp_path / "o", val_fraction=0.0001)
+    res = prepare(sample_script_path(), "Orla", tmp_path / "o", val_fraction=0.0001, test_fraction=0)
     assert res.report.examples["val"] > 0 and res.report.examples["train"] > 0
-    res = prepare(sample_script_path(), "Orla", tmp_path / "z", val_fraction=0.0)
+    res = prepare(sample_script_path(), "Orla", tmp_path / "z", val_fraction=0.0, test_fraction=0)
     assert res.report.examples["val"] == 0
-    res = prepare(sample_script_path(), "Orla", tmp_path / "n", val_fraction=0.9999)
+    res = prepare(sample_script_path(), "Orla", tmp_path / "n", val_fraction=0.9999, test_fraction=0)
     assert res.report.examples["val"] > 0 and res.report.examples["train"] > 0
-    assert res.report.episodes_split == {"train": 1, "val": 3}
+    assert res.report.units_split == {"train": 1, "val": 3, "test": 0} and res.report.split_unit == "episode"
 
 
 def test_splits_are_decided_once_with_the_repair():
     episodes = [f"ep {i}" for i in range(6)]
     by_score = sorted(episodes, key=val_score)
     tiny = Splits(episodes, 1e-9)  # nothing scores that low: the lowest-scoring episode is held out anyway
-    assert tiny.episodes("val") == [by_score[0]] and tiny("not seen") == "train"
+    assert tiny.units("val") == [by_score[0]] and tiny("not seen") == "train"
     huge = Splits(episodes, 0.999999)
-    assert huge.episodes("train") == [by_score[-1]] and huge("not seen") == "val"
-    assert Splits(episodes, 0.0).episodes("val") == []
-    assert Splits(["only"], 0.999999).of == {"only": "train"}
+    assert huge.units("train") == [by_score[-1]] and huge("not seen") == "val"
+    assert Splits(episodes, 0.0).units("val") == []
+    assert Splits(["only"], 0.999999, 0.0).of == {"only": "train"}
+
+
+def test_test_split_leaves_the_validation_units_where_they_were():
+    episodes = [f"ep {i}" for i in range(40)]
+    before = Splits(episodes, 0.15)
+    after = Splits(episodes, 0.15, 0.15)
+    assert after.units("val") == before.units("val") and after.units("test")
+    assert set(after.units("test")) <= set(before.units("train"))  # the new test units were training units
+    for n in (2, 3, 5):  # too few for every split: train first, then test, then val
+        few = Splits(episodes[:n], 1e-9, 1e-9)
+        assert {s: len(few.units(s)) for s in ("train", "val", "test")} == {"train": n - 1 - (n > 2), "val": int(n > 2), "test": 1}
+    assert Splits(episodes[:2], 0.0, 0.999).units("test") and Splits(episodes[:2], 0.0, 0.999).units("train")
 
 
 def test_card_is_valid_and_built_from_real_lines(orla):
@@ -147,7 +162,7 @@ def test_report_json_and_wide_csv(orla):
     with (orla.out_dir / "wide.csv").open(encoding="utf-8", newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["response", "context", *(f"context/{i}" for i in range(6))]
-    assert len(rows) - 1 == report["examples"]["train"] + report["examples"]["val"]
+    assert len(rows) - 1 == sum(report["examples"].values()) + report["skipped"].get(CUT_CONTEXT, 0)
     assert not list(orla.out_dir.glob(".*tmp"))
 
 
@@ -155,7 +170,7 @@ def test_alias_merges_speakers(tmp_path):
     script = tmp_path / "s.csv"
     script.write_text("episode,name,line\n1,Pip,Hello there.\n1,Cap'n Orla,Aye.\n1,Pip,Tea?\n1,Orla,Always.\n", encoding="utf-8")
     res = prepare(script, "Orla", tmp_path / "o", aliases=["Cap'n Orla=Orla"])
-    assert res.report.character_lines == 2 and res.report.examples["train"] + res.report.examples["val"] == 2
+    assert res.report.character_lines == 2 and sum(res.report.examples.values()) == 2
     res = prepare(script, "Orla", tmp_path / "o2")
     assert res.report.character_lines == 1
 
@@ -180,7 +195,7 @@ def test_r_write_table_with_escaped_quote_crlf(tmp_path):
     rows = list(iter_rows(src))
     assert [(r.speaker, r.text) for r in rows] == [("LUKE", "Hurry up!"), ("HAN", 'He said "no", kid.'), ("LUKE", "Fine.")]
     res = prepare(script, "luke", tmp_path / "o")
-    assert res.report.examples == {"train": 1, "val": 0}  # one episode: everything trains
+    assert res.report.examples == {"train": 1, "val": 0, "test": 0}  # one example: everything trains
 
 
 def test_reading_rows_leaves_csv_field_limit_alone(tmp_path):
@@ -248,7 +263,7 @@ def test_explicit_columns(tmp_path):
     f = tmp_path / "odd.csv"
     f.write_text("who_said,what,ep\nAnn,Hello.,1\nBo,Hi Ann.,1\n")
     res = prepare(f, "Bo", tmp_path / "o", speaker_col="who_said", line_col="2", episode_col="ep")
-    assert res.report.examples["train"] + res.report.examples["val"] == 1
+    assert sum(res.report.examples.values()) == 1
 
 
 def test_unknown_character_suggests_close_name(tmp_path):
@@ -260,7 +275,7 @@ def test_unknown_character_suggests_close_name(tmp_path):
 def test_empty_rows_split_scenes_without_episode_column(tmp_path):
     f = tmp_path / "s.csv"
     f.write_text("raw_character_text,dialogue\nAnn,Hello.\nBo,Hi.\n,\nBo,New scene.\nAnn,Yes.\n")
-    res = prepare(f, "Bo", tmp_path / "o", val_fraction=0)
+    res = prepare(f, "Bo", tmp_path / "o", val_fraction=0, test_fraction=0)
     assert res.report.dropped == {"empty row": 1}
     assert res.report.examples["train"] == 1  # "New scene." opens a scene: nothing before it to answer
     assert res.report.skipped
@@ -279,7 +294,7 @@ def test_kaggle_without_credentials_says_what_to_set(monkeypatch, tmp_path):
 def test_mojibake_repaired_and_counted(tmp_path):
     f = tmp_path / "s.csv"
     f.write_text("raw_character_text,dialogue\nBurns,Leave.\nBart,\"Farewell, SeÃ±or Burns!\"\nMICHAEL,Hi.\nMichael,Bye.\nBart,Ok.\n", encoding="utf-8")
-    res = prepare(f, "Bart", tmp_path / "o", val_fraction=0)
+    res = prepare(f, "Bart", tmp_path / "o", val_fraction=0, test_fraction=0)
     assert res.report.text_repaired == 1
     assert dict(res.report.top_speakers)["Michael"] == 2
     text = (tmp_path / "o" / "train.jsonl").read_text(encoding="utf-8")
@@ -302,7 +317,8 @@ def test_cli_writes_outputs_and_summary(tmp_path):
     result = CliRunner().invoke(cli, ["prepare", str(sample_script_path()), "-c", "orla", "--out", str(tmp_path / "o"), "--wide-csv"])
     assert result.exit_code == 0, result.output
     assert "Orla's lines" in result.output and "84 kept of 84 rows" in result.output
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["persona.json", "report.json", "train.jsonl", "val.jsonl", "wide.csv"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["persona.json", "report.json", "test.jsonl", "train.jsonl", "val.jsonl", "wide.csv"]
+    assert "split by" in result.output and "contiguous blocks" in result.output
 
 
 def test_prepare_imports_no_torch():
@@ -316,8 +332,8 @@ def test_prepare_imports_no_torch():
 
 @pytest.mark.parametrize("val_fraction", [0.1, 0.0001])  # 0.0001: the val episode is moved there after the pass
 def test_cast_adds_other_speakers_to_train_only(tmp_path, val_fraction):
-    plain = prepare(sample_script_path(), "Orla", tmp_path / "plain", val_fraction=val_fraction)
-    res = prepare(sample_script_path(), "Orla", tmp_path / "cast", val_fraction=val_fraction, cast=1)
+    plain = prepare(sample_script_path(), "Orla", tmp_path / "plain", val_fraction=val_fraction, test_fraction=0)
+    res = prepare(sample_script_path(), "Orla", tmp_path / "cast", val_fraction=val_fraction, test_fraction=0, cast=1)
     assert (tmp_path / "cast" / "val.jsonl").read_bytes() == (tmp_path / "plain" / "val.jsonl").read_bytes()
     train = read_jsonl(tmp_path / "cast" / "train.jsonl")
     own = [r for r in train if r["speaker"] == "Orla"]
@@ -331,7 +347,7 @@ def test_cast_adds_other_speakers_to_train_only(tmp_path, val_fraction):
         assert r["messages"][-1]["role"] == "assistant" and f"{r['speaker']}: " not in r["messages"][-1]["content"]
     assert res.report.cast["examples"] == len(cast) > len(own)
     assert res.report.cast["speakers"] == 4 and plain.report.cast == {}
-    assert sorted(p.name for p in (tmp_path / "cast").iterdir()) == ["cards", "persona.json", "report.json", "train.jsonl", "val.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "cast").iterdir()) == ["cards", "persona.json", "report.json", "test.jsonl", "train.jsonl", "val.jsonl"]
     assert sorted(p.name for p in (tmp_path / "cast" / "cards").iterdir()) == ["dr-hollis.json", "mayor-grubb.json", "pip.json", "tamsin.json"]
 
 

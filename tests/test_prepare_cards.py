@@ -21,7 +21,7 @@ from test_prepare import sample_rows as script_rows
 @pytest.fixture(scope="module")
 def drafted(tmp_path_factory):
     out = tmp_path_factory.mktemp("orla")
-    result = prepare(sample_script_path(), "Orla", out, cast=1)
+    result = prepare(sample_script_path(), "Orla", out, cast=1, test_fraction=0)  # one held-out episode (the sample has 4: too few to hold out two)
     val = {json.loads(line)["episode"] for line in (out / "val.jsonl").read_text().splitlines()}
     return result, out, val
 
@@ -77,6 +77,21 @@ def test_lorebook_holds_recurring_names_with_real_lines(drafted):
     assert sum(len(e.content.split()) for e in book.entries) <= 450
     fired = scan([("card", book)], ["How is gerald today?"]).fired
     assert [a.label for a in fired] == ["Gerald"]
+
+
+def test_with_block_splits_no_held_out_line_reaches_the_card(tmp_path):
+    # the sample's 4 episodes are too few to hold out two splits of episodes: it is cut in blocks, and the
+    # card is drafted from the training blocks only
+    result = prepare(sample_script_path(), "Orla", tmp_path / "blocks", cast=1)
+    assert result.report.split_unit == "block"
+    held_out = {json.loads(line)["messages"][-1]["content"] for split in ("val", "test")
+                for line in (tmp_path / "blocks" / f"{split}.jsonl").read_text().splitlines()}
+    assert held_out
+    card = result.card.data
+    quoted = [line for _, line in re.findall(r"(\S[^“]*) says: “([^”]*)”", "\n".join(e.content for e in card.character_book.entries))]
+    examples = [turn.text for block in example_dialogues(result.card) for turn in block]
+    shown = [*quoted, card.first_mes, *card.alternate_greetings, *examples]
+    assert quoted and not held_out & set(shown)
 
 
 def test_training_data_keeps_the_one_line_persona(drafted):

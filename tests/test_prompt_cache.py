@@ -84,7 +84,7 @@ def engines(tmp_path, sample_card):
     from charbot.backends.llamacpp import LlamaCppBackend
     from charbot.engine import Engine
     from charbot.generation import GenerationSettings
-    from charbot.memory import MemoryStore
+    from charbot.memory_sqlite import SqliteStore
     from charbot.models import embedded_model_path
 
     made = []
@@ -92,14 +92,14 @@ def engines(tmp_path, sample_card):
     def make(name: str, **kw) -> Engine:
         backend = LlamaCppBackend(embedded_model_path(), context_window=1024, threads=2, **kw)
         greedy = GenerationSettings(max_new_tokens=16, do_sample=False, no_repeat_ngram_size=0)
-        engine = Engine(backend, MemoryStore(tmp_path / f"{name}.db"), sample_card, greedy)
+        engine = Engine(backend, SqliteStore(tmp_path / f"{name}.db"), sample_card, greedy)
         made.append(engine)
         return engine
 
     yield make
     for engine in made:
         asyncio.run(engine.backend.aclose())
-        engine.store.close()
+        asyncio.run(engine.store.close())
 
 
 @pytest.mark.model
@@ -114,7 +114,7 @@ async def test_a_restored_state_gives_the_tokens_the_kept_one_gives(engines):
     kept = await alone.reply("a", "And how long have you kept it?", speaker="Pip")
     after = interleaved.backend.cache_stats()
     assert after["hits"] == before["hits"] + 1
-    a_prompt = interleaved.build_prompt("a", "x", speaker="Pip")[0]
+    a_prompt = (await interleaved.build_prompt("a", "x", speaker="Pip"))[0]
     assert after["saved_tokens"] - before["saved_tokens"] > 0.8 * interleaved.backend.count_tokens("".join(m.content for m in a_prompt.prompt.messages))
     assert restored.text == kept.text and not restored.fallback  # the same cells, so the same greedy tokens
 
@@ -128,7 +128,7 @@ async def test_another_personas_state_is_never_used(engines, sample_card):
     await engine.reply("a", "Hello! Who keeps this light?", speaker="Pip")
     await engine.reply("b", "Is the ferry running tonight?", speaker="Ann")
     stranger = CharacterCard(data=CardData(name="Wendeline", description="A ferry pilot who never stops talking about tides."))
-    engine.set_persona("c", stranger)
+    await engine.set_persona("c", stranger)
     before = engine.backend.cache_stats()
     await engine.reply("c", "Hello! Who keeps this light?", speaker="Pip")
     after = engine.backend.cache_stats()
@@ -136,19 +136,113 @@ async def test_another_personas_state_is_never_used(engines, sample_card):
 
 
 @pytest.mark.model
+async def test_each_character_of_a_conversation_keeps_its_own_state(engines, sample_card):
+    # A scene: two characters take turns in one conversation; each keeps a state, neither replaces the other's.
+    from charbot.persona import CardData, CharacterCard
+
+    engine = engines("scene")
+    other = CharacterCard(data=CardData(name="Wendeline", description="A ferry pilot who never stops talking about tides."))
+    await engine.warm_up()
+    await engine.reply("a", "Hello! Who keeps this light?", speaker="Pip")
+    await engine.set_persona("a", other)
+    await engine.reply("a", "And who steers the ferry?", speaker="Pip")  # Orla's cells saved under her own key
+    keys = lambda: {e.key for e in engine.backend.worker.cache.entries.values()} - {None}  # noqa: E731  (None: the warm-up)
+    assert keys() == {"a\x1fOrla"}
+    await engine.set_persona("a", sample_card)
+    before = engine.backend.cache_stats()
+    back = await engine.reply("a", "Is the storm coming?", speaker="Pip")
+    after = engine.backend.cache_stats()
+    assert after["hits"] == before["hits"] + 1 and not back.fallback  # Orla's state restored, Wendeline's saved
+    assert keys() == {"a\x1fOrla", "a\x1fWendeline"}
+    await engine.reset("a")
+    await engine.reply("b", "Hello!", speaker="Ann")  # the worker forgets before its next request
+    assert not [key for key in keys() if key.startswith("a\x1f")]
+
+
+@pytest.mark.model
+async def test_a_state_evicted_while_its_cells_go_back_is_still_restored(engines):
+    import asyncio
+
+    # Room for one state: restoring a's saves b's cells, which evicts a's state. The restore holds a's state
+    # already (it once looked it up after: KeyError on the worker thread, and every later reply hung).
+    small, alone = engines("small", cache_bytes=10_000_000), engines("alone")  # a state here is ~7 MB
+    for engine in (small, alone):
+        await engine.warm_up()
+        await engine.reply("a", "Hello! Who keeps this light?", speaker="Pip")
+    await small.reply("b", "Is the ferry running tonight?", speaker="Ann")
+    before = small.backend.cache_stats()
+    # bounded: the failure this guards against is a reply that never comes
+    restored = await asyncio.wait_for(small.reply("a", "And how long have you kept it?", speaker="Pip"), 120)
+    after = small.backend.cache_stats()
+    assert after["hits"] == before["hits"] + 1 and after["evicted_bytes"] > before["evicted_bytes"]
+    assert restored.text == (await alone.reply("a", "And how long have you kept it?", speaker="Pip")).text
+    assert (await asyncio.wait_for(small.reply("b", "And tomorrow?", speaker="Ann"), 120)).text  # the worker is still there
+
+
+def test_a_failing_admission_fails_its_request_and_the_worker_goes_on():
+    import asyncio
+
+    from charbot.backends.base import Completion
+    from charbot.backends.worker import ModelWorker
+    from charbot.errors import BackendError
+    from charbot.generation import GenerationSettings
+
+    class Flaky(ModelWorker):
+        def __init__(self):
+            super().__init__("flaky")
+            self.admitted, self.fail = [], True
+
+        def running(self):
+            return len(self.admitted)
+
+        def admit(self):
+            while self.waiting:
+                req = self.waiting.popleft()
+                if self.fail:
+                    self.fail = False
+                    raise KeyError("a slip in a hook")
+                self.admitted.append(req)
+
+        def step(self):
+            for req in self.admitted:
+                req.emit("ok")
+                req.emit(Completion("ok", 1))
+            self.admitted.clear()
+
+        def drop_running(self, error):
+            for req in self.admitted:
+                req.emit(error)
+            self.admitted.clear()
+
+    async def main():
+        worker = Flaky()
+        worker.start()
+        try:
+            async def ask():
+                return [piece async for piece in worker.generate(lambda: [1, 2, 3], GenerationSettings(), None)]
+            with pytest.raises(BackendError, match="a slip in a hook"):
+                await asyncio.wait_for(ask(), 10)
+            assert await asyncio.wait_for(ask(), 10) == ["ok", Completion("ok", 1)]
+        finally:
+            worker.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.model
 async def test_a_reset_drops_the_conversations_states_and_the_budget_holds(engines):
-    engine = engines("budget", cache_bytes=8_000_000)  # room for two of these conversations' states (~3.3 MB each)
+    engine = engines("budget", cache_bytes=8_000_000)  # room for one of these conversations' states (~7 MB each)
     await engine.warm_up()
     for conversation in ("a", "b", "c", "d"):
         await engine.reply(conversation, f"Hello from {conversation}! Who keeps this light?", speaker="Pip")
     worker = engine.backend.worker
     stats = engine.backend.cache_stats()
     assert 0 < stats["stored_bytes"] <= 8_000_000 and stats["evicted_bytes"] > 0
-    assert any(e.key == "c" for e in worker.cache.entries.values())
-    engine.reset("c")
+    assert any(e.key == "c\x1fOrla" for e in worker.cache.entries.values())
+    await engine.reset("c")
     await engine.reply("d", "And the weather?", speaker="Pip")  # the worker forgets before its next request
-    assert all(e.key != "c" for e in worker.cache.entries.values())
-    assert all(owner != "c" for _tokens, owner in worker.kept.values())
+    assert all(not e.key.startswith("c\x1f") for e in worker.cache.entries.values())
+    assert all(not owner.startswith("c\x1f") for _tokens, owner in worker.kept.values())
 
 
 @pytest.mark.model

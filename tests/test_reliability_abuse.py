@@ -187,6 +187,7 @@ async def test_admin_commands_need_the_permission(fake, world, isolated_env, sam
         conv = f"discord:{general['id']}"
         await fake.say(general, user, f"<@{bot.user.id}> remember the buoy", **_mention(fake, guild))
         await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
+        await fake.wait_for(lambda: bot.engine.store.sync.count_messages(conv) == 2)  # remembered once sent
         member = (1 << 31) | (1 << 11)  # use commands, send messages: an ordinary member
         reset = await fake.slash("reset", channel=general, user=user, guild=guild, permissions=member)
         switch = await fake.slash("persona", channel=general, user=user, guild=guild, permissions=member,
@@ -194,7 +195,7 @@ async def test_admin_commands_need_the_permission(fake, world, isolated_env, sam
         await fake.wait_for(lambda: "response" in reset and "response" in switch)
         assert "Manage Messages" in reset["response"]["message"]["content"] and reset["response"]["message"]["flags"] & 64
         assert "Manage Server" in switch["response"]["message"]["content"]
-        assert bot.engine.store.count_messages(conv) == 2 and bot.engine.persona_for(conv).name != "Bram Salt"
+        assert bot.engine.store.sync.count_messages(conv) == 2 and (await bot.engine.persona_for(conv)).name != "Bram Salt"
         # In a DM the conversation is the user's own: they may reset it.
         dm = fake.state.dm_channel(user)
         await fake.say(dm, user, "hello")
@@ -283,7 +284,7 @@ async def test_odd_messages_are_handled(fake, world, isolated_env):
         await fake.say(general, user, f"{at} hi\x00\x07 there\u200b\u202e", **_mention(fake, guild))
         await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages")
         assert backend.prompts[-1].messages[-1].content.endswith("hi there")
-        stored = bot.engine.store.history(f"discord:{general['id']}")
+        stored = await fake.wait_for(lambda: bot.engine.store.sync.history(f"discord:{general['id']}"))  # remembered once sent
         assert stored[0].content == "hi there"
         # Oversized (Nitro's 4000 characters, no spaces to split on): answered once, within Discord's limit.
         await fake.say(general, user, f"{at} " + "x" * 4000, **_mention(fake, guild))

@@ -22,13 +22,13 @@ from fakediscord.harness import running_bot
 
 
 def make_read_only(store) -> None:
-    store._db.execute("PRAGMA query_only = ON")
+    store.sync._db.execute("PRAGMA query_only = ON")
 
 
 def make_full(store) -> None:
     """No page may be added and the pages there are are packed (with rows of a filler conversation), so the
     next exchange hits SQLITE_FULL."""
-    db = store._db
+    db = store.sync._db
     db.execute("INSERT OR IGNORE INTO conversations (id, created_at, updated_at) VALUES ('_filler', 0, 0)")
     db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
     n = 0
@@ -47,23 +47,23 @@ def make_full(store) -> None:
 
 
 def make_writable(store) -> None:
-    store._db.execute("PRAGMA query_only = OFF")
-    store._db.execute("PRAGMA max_page_count = 1073741823")
+    store.sync._db.execute("PRAGMA query_only = OFF")
+    store.sync._db.execute("PRAGMA max_page_count = 1073741823")
 
 
 @pytest.mark.parametrize(("break_it", "says"), [(make_read_only, "readonly"), (make_full, "full")])
-def test_store_write_failure_is_one_clear_error_and_leaves_nothing_half_written(store, break_it, says):
-    store.add_exchange("c", [Turn("user", "before"), Turn("assistant", "ok")])
+async def test_store_write_failure_is_one_clear_error_and_leaves_nothing_half_written(store, break_it, says):
+    await store.add_exchange("c", [Turn("user", "before"), Turn("assistant", "ok")])
     break_it(store)
     with pytest.raises(MemoryStoreError) as caught:
-        store.add_exchange("c", [Turn("user", "x" * 20_000), Turn("assistant", "lost")])
+        await store.add_exchange("c", [Turn("user", "x" * 20_000), Turn("assistant", "lost")])
     message = str(caught.value)
     assert says in message and str(store.path) in message and "\n" not in message
-    assert [t.content for t in store.history("c")] == ["before", "ok"]  # neither turn of the failed exchange
+    assert [t.content for t in await store.history("c")] == ["before", "ok"]  # neither turn of the failed exchange
     make_writable(store)
-    store.add_exchange("c", [Turn("user", "after"), Turn("assistant", "ok")])
-    assert store.count_messages("c") == 4
-    assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    await store.add_exchange("c", [Turn("user", "after"), Turn("assistant", "ok")])
+    assert await store.count_messages("c") == 4
+    assert store.sync._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 async def test_engine_replies_when_memory_cannot_be_written(store, sample_card, caplog):
@@ -75,7 +75,7 @@ async def test_engine_replies_when_memory_cannot_be_written(store, sample_card, 
     assert "reply not remembered" in caplog.text
     make_writable(store)
     await engine.reply("c", "again")
-    assert engine.memory_status == "ok" and store.count_messages("c") == 2
+    assert engine.memory_status == "ok" and await store.count_messages("c") == 2
 
 
 async def _healthz(port: int) -> tuple[int, dict]:
@@ -105,11 +105,11 @@ async def test_bot_keeps_answering_and_reports_the_memory_error(isolated_env, ca
             assert status == 200 and health["memory"].startswith("error: memory database") and str(store.path) in health["memory"]
             errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "not remembered" in r.getMessage()]
             assert len(errors) == 3 and all("\n" not in r.getMessage() for r in errors)
-            assert store.count_messages(f"discord:{general['id']}") == 0
+            assert store.sync.count_messages(f"discord:{general['id']}") == 0
             make_writable(store)
             await fake.say(general, user, f"<@{bot.user.id}> message 4", **mention)
             await fake.wait_for_calls("POST", f"/channels/{general['id']}/messages", 4)
-            await fake.wait_for(lambda: store.count_messages(f"discord:{general['id']}") == 2)
+            await fake.wait_for(lambda: store.sync.count_messages(f"discord:{general['id']}") == 2)
             assert (await _healthz(bot.health_port))[1]["memory"] == "ok"
 
 

@@ -269,9 +269,9 @@ def test_cli_chat_holds_a_conversation_with_the_server(llama_server, tmp_path):
     assert len(lines) == 2, result.stdout
     for line in lines:
         assert line.startswith("Orla: ") and line[len("Orla: "):].strip()
-    from charbot.memory import MemoryStore
+    from charbot.memory_sqlite import SqliteMemory
 
-    store = MemoryStore(db)
+    store = SqliteMemory(db)
     try:
         assert store.count_messages("cli:cli") == 4  # both exchanges remembered
     finally:
@@ -333,10 +333,10 @@ async def test_engine_over_remote_keeps_memory_consistent_across_a_fault(proxy, 
     assert info.value.user_message  # what Discord shows
     second = await engine.reply("c1", "What is your name?")
     assert second.text.strip()
-    history = [t.content for t in engine.store.history("c1", 10)]
+    history = [t.content for t in await engine.store.history("c1", 10)]
     assert "Is the kettle on?" not in history  # the failed turn left nothing half-stored
     assert history[0] == "Hello, who are you?" and history[2] == "What is your name?" and len(history) == 4
     # The model saw the first exchange when answering the second: multi-turn over HTTP.
     assert any(m["content"] == first.text for m in proxy.requests[-1].json()["messages"])
     await engine.backend.aclose()
-    engine.store.close()
+    await engine.store.close()

@@ -61,11 +61,11 @@ async def test_serving_training_and_eval_send_the_same_tokens(backend, store):
     tok = backend.tokenizer
     renderer = Renderer.for_tokenizer(tok)
     named = renderer.fmt == "chat"  # DialoGPT-style models are shown no names
-    store.add_exchange("c", HISTORY)
+    await store.add_exchange("c", HISTORY)
 
     # serving: the engine's prompt (the Discord path, speakers named), tokenized by the backend
     engine = Engine(backend, store, CARD, user_name="User")
-    built, _ = engine.build_prompt("c", *NEW)
+    built, _ = await engine.build_prompt("c", *NEW)
     served = backend.prompt_tokens(built.prompt)
 
     # training: the prepared example, its last reply's labels begin where serving's prompt ends

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 
@@ -37,14 +38,17 @@ class CountingBackend(ScriptedBackend):
             self.running -= 1
 
 
-async def until(condition, turns: int = 1000) -> None:
-    """Lets the other tasks run until `condition()` holds; everything here is in this loop, so no timer
-    is involved: a condition that never holds fails after `turns` rounds."""
-    for _ in range(turns):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"still not {condition} after {turns} rounds of the loop")
+async def until(condition, turns: int = 1000, seconds: float = 10.0) -> None:
+    """Lets the other tasks run until `condition()` holds. The scheduler lives in this loop, so no timer is
+    involved; the memory store's calls run on a thread of their own, so a condition behind one of them gets
+    real time too: it fails after `turns` rounds of the loop and `seconds`, whichever comes last."""
+    deadline = time.monotonic() + seconds
+    rounds = 0
+    while not condition():
+        rounds += 1
+        if rounds > turns and time.monotonic() > deadline:
+            raise AssertionError(f"still not {condition} after {turns} rounds of the loop and {seconds:g} s")
+        await asyncio.sleep(0 if rounds <= turns else 0.001)
 
 
 def echo_last_user(prompt) -> str:
@@ -174,12 +178,12 @@ async def test_delivery_frees_the_model_but_holds_the_conversation(store, sample
             await asyncio.sleep(0)
 
     await asyncio.wait_for(queued(), 5)
-    assert not later.done() and store.count_messages("a") == 0  # a's second turn waits for its first to be sent
+    assert not later.done() and await store.count_messages("a") == 0  # a's second turn waits for its first to be sent
     assert all("closing words" not in m.content for p in backend.prompts for m in p.messages)
     finish_sending.set()
     await first
     await later
-    assert [t.content for t in store.history("a")] == ["opening words", "You said opening words", "closing words", "You said closing words"]
+    assert [t.content for t in await store.history("a")] == ["opening words", "You said opening words", "closing words", "You said closing words"]
 
 
 async def test_engine_serves_conversations_concurrently_and_each_in_order(store, sample_card):
@@ -196,7 +200,7 @@ async def test_engine_serves_conversations_concurrently_and_each_in_order(store,
     await asyncio.gather(*tasks)
     assert 1 < backend.peak <= 4
     for conv, texts in sent.items():
-        turns = store.history(conv, 100)
+        turns = await store.history(conv, 100)
         assert [t.content for t in turns if t.role == "user"] == texts
         assert [t.content for t in turns if t.role == "assistant"] == ["You said " + t for t in texts]
 
@@ -211,4 +215,4 @@ async def test_engine_deadline_reaches_the_caller_as_a_busy_error(store, sample_
         await engine.reply("b", "second")
     backend.release.set()
     assert (await first).text == "Aye."
-    assert store.count_messages("b") == 0  # nothing half-remembered
+    assert await store.count_messages("b") == 0  # nothing half-remembered

@@ -9,7 +9,7 @@ import json
 import openai
 import pytest
 
-from charbot.memory import MemoryStore
+from charbot.memory_sqlite import SqliteMemory
 from conftest import ScriptedBackend
 from serve_support import AVATAR, serving, until, write_cards
 
@@ -56,7 +56,7 @@ async def test_a_completion_is_the_characters_reply_to_the_callers_messages(isol
         assert "Orla: How could I forget." in shown
         assert (settings.temperature, settings.top_p, settings.seed, settings.do_sample) == (0.3, 0.5, 5, True)
         assert settings.max_new_tokens == 100 and "END" in settings.stop  # max_tokens capped by serve_max_tokens
-        assert s.api.engine.store.count_conversations() == 0  # no conversation id: nothing remembered
+        assert s.api.engine.store.sync.count_conversations() == 0  # no conversation id: nothing remembered
 
 
 async def test_the_lorebook_entries_a_reply_used_come_back_with_it(isolated_env, tmp_path):
@@ -116,9 +116,9 @@ async def test_a_stream_whose_reply_was_cut_to_a_sentence_says_the_final_text(is
         assert last.choices[0].finish_reason == "length" and last.model_extra["charbot"] == {"replaced": "Aye, the lamp is lit."}
 
 
-async def test_a_named_conversation_is_held_in_charbots_memory_and_reset_forgets_it(isolated_env):
+async def test_a_named_conversation_is_held_in_charbots_memory_and_reset_forgets_it(isolated_env, memory_url):
     backend = ScriptedBackend(["(warm-up)", "Gerald is my leg.", "You asked about Gerald."])
-    async with serving(backend, persona_dir=str(write_cards(isolated_env / "cards"))) as s:
+    async with serving(backend, persona_dir=str(write_cards(isolated_env / "cards")), memory_url=memory_url) as s:
         c = s.openai()
         ignored_history = [{"role": "user", "content": "IGNORED-HISTORY"}, {"role": "assistant", "content": "IGNORED-TOO"}]
         first = await c.chat.completions.create(model="orla", messages=[{"role": "user", "content": "Who is Gerald?"}],
@@ -129,15 +129,15 @@ async def test_a_named_conversation_is_held_in_charbots_memory_and_reset_forgets
         shown = [m.content for m in backend.prompts[-1].messages]
         assert shown[-3:] == ["Who is Gerald?", "Gerald is my leg.", "What did I ask?"]  # memory, then only the new message
         assert not any("IGNORED" in m for m in shown)
-        assert [t.content for t in s.api.engine.store.history("api:orla:conv-1")] == [
+        assert [t.content for t in await s.api.engine.store.history("api:orla:conv-1")] == [
             "Who is Gerald?", "Gerald is my leg.", "What did I ask?", "You asked about Gerald."]
         # the `user` field names a conversation too; the same id with another character is another conversation
         await c.chat.completions.create(model="pip-tolley", user="conv-1", messages=[{"role": "user", "content": "Ferry today?"}])
         assert "Pip keeps the island ferry" in system_text(backend.prompts[-1]) and len(backend.prompts[-1].messages) == 3
-        assert s.api.engine.store.count_messages("api:pip-tolley:conv-1") == 2
+        assert await s.api.engine.store.count_messages("api:pip-tolley:conv-1") == 2
         forgotten = await s.http.delete("/v1/conversations/conv-1")
         assert forgotten.status == 200 and (await forgotten.json())["messages"] == 6
-        assert s.api.engine.store.count_messages() == 0
+        assert await s.api.engine.store.count_messages() == 0
 
 
 async def test_an_api_key_is_asked_for_under_v1_only(isolated_env):
@@ -260,6 +260,6 @@ def test_memory_store_of_a_named_conversation_survives_a_restart(isolated_env):
 
     asyncio.run(exchange())
     asyncio.run(exchange())
-    store = MemoryStore(db)
+    store = SqliteMemory(db)
     assert store.count_messages("api:orla:u-7") == 4
     store.close()

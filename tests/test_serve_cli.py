@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 
-from charbot.memory import MemoryStore
+from charbot.memory_sqlite import SqliteMemory
 from cli_process import ServeCli, user_env
 from serve_support import write_cards
 
@@ -99,7 +99,7 @@ async def test_the_openai_client_talks_to_charbot_serve(tmp_path):
                 assert anonymous.status == 401 and "error" in await anonymous.json()
     assert server.returncode == 0, server.stderr[-2000:]
     assert KEY not in server.stdout + server.stderr and "Traceback" not in server.stderr
-    store = MemoryStore(tmp_path / "memory.db")
+    store = SqliteMemory(tmp_path / "memory.db")
     remembered = [t.content for t in store.history("api:orla:marek")]
     store.close()
     assert remembered == ["My name is Marek and I mend nets.", first.choices[0].message.content,

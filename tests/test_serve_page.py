@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from charbot.memory import MemoryStore
+from charbot.memory_sqlite import SqliteMemory
 from cli_process import ServeCli, user_env
 from serve_support import write_cards
 
@@ -77,7 +77,7 @@ def _talk_and_reset(url: str, db: Path, screenshot: Path) -> dict:
             "conversation": browser.find_element(By.TAG_NAME, "body").get_attribute("data-conversation"),
             "lore": [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#lorebook:not([hidden]) #lorebook-entries li")],
         }
-        store = MemoryStore(db)
+        store = SqliteMemory(db)
         seen["remembered"] = store.count_messages(f"api:orla:{seen['conversation']}")
         browser.save_screenshot(str(screenshot))
 

@@ -4,10 +4,11 @@ batched llama.cpp backend under concurrency."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from charbot.memory import MemoryStore, Turn
+from charbot.memory import Turn
 from charbot.retention import sweep
 from charbot.scheduler import DeadlineExceeded
 from conftest import ScriptedBackend
@@ -37,7 +38,7 @@ async def test_message_that_waits_past_its_deadline_is_dropped_and_the_user_told
         assert done.json["content"] == "Slow and steady."
         assert bot.metrics.busy.labels("deadline")._value.get() == 1
         assert backend.calls == 2  # the warm-up and the first message; the dropped one never reached the model
-        assert bot.engine.store.count_messages(f"discord:{b['id']}") == 0
+        assert bot.engine.store.sync.count_messages(f"discord:{b['id']}") == 0
 
 
 async def test_channels_are_answered_concurrently_up_to_capacity(fake, world, isolated_env):
@@ -59,20 +60,24 @@ async def test_channels_are_answered_concurrently_up_to_capacity(fake, world, is
         assert backend.peak == 4  # all four channels were generating at once, never more
 
 
-def test_retention_sweep_by_age_and_by_count(tmp_path):
-    store = MemoryStore(tmp_path / "m.db")
+async def test_retention_sweep_by_age_and_by_count(any_store, monkeypatch):
+    store = any_store
     for i in range(5):
-        store.add_exchange("busy", [Turn("user", f"q{i}"), Turn("assistant", f"a{i}")])
-    store.add_exchange("quiet", [Turn("user", "old"), Turn("assistant", "older")])
-    # age the quiet conversation by two days
-    store._db.execute("UPDATE messages SET created_at = created_at - 172800 WHERE conversation_id = 'quiet'")
-    store._db.execute("UPDATE conversations SET updated_at = updated_at - 172800 WHERE id = 'quiet'")
-    swept = sweep(store, retention_days=1, max_messages=4)
-    assert (swept.old_messages, swept.over_cap, swept.idle_conversations) == (2, 6, 1)
-    assert [t.content for t in store.history("busy")] == ["q3", "a3", "q4", "a4"]
-    assert store.count_messages("quiet") == 0 and store.count_conversations() == 1
-    assert sweep(store, retention_days=None, max_messages=None).total == 0
-    store.close()
+        await store.add_exchange("busy", [Turn("user", f"q{i}"), Turn("assistant", f"a{i}")])
+    await store.add_exchange("quiet", [Turn("user", "old"), Turn("assistant", "older")])
+    # two days on, "busy" talks again: "quiet" is old
+    later = time.time() + 172800
+    monkeypatch.setattr(time, "time", lambda: later)
+    await store.add_exchange("busy", [Turn("user", "q5"), Turn("assistant", "a5")])
+    swept = await sweep(store, retention_days=1, max_messages=4)
+    assert (swept.old_messages, swept.over_cap, swept.idle_conversations) == (12, 0, 1)
+    assert [t.content for t in await store.history("busy")] == ["q5", "a5"]
+    assert await store.count_messages("quiet") == 0 and await store.count_conversations() == 1
+    for i in range(3):
+        await store.add_exchange("busy", [Turn("user", f"r{i}"), Turn("assistant", f"b{i}")])
+    assert (await sweep(store, retention_days=None, max_messages=4)).over_cap == 4
+    assert [t.content for t in await store.history("busy")] == ["r1", "b1", "r2", "b2"]
+    assert (await sweep(store, retention_days=None, max_messages=None)).total == 0
 
 
 async def test_bot_runs_the_retention_sweep_periodically(fake, world, isolated_env):
@@ -83,9 +88,9 @@ async def test_bot_runs_the_retention_sweep_periodically(fake, world, isolated_e
         for i in range(3):
             await fake.say(a, user, f"<@{bot.user.id}> number {i}", **mention)
             await fake.wait_for_calls("POST", f"/channels/{a['id']}/messages", i + 1)
-        await fake.wait_for(lambda: bot.engine.store.count_messages(f"discord:{a['id']}") == 2)
+        await fake.wait_for(lambda: bot.engine.store.sync.count_messages(f"discord:{a['id']}") == 2)
         assert bot.retention.sweeps >= 2 and bot.retention.deleted >= 4
-        assert [t.content for t in bot.engine.store.history(f"discord:{a['id']}")] == ["number 2", "Aye."]
+        assert [t.content for t in bot.engine.store.sync.history(f"discord:{a['id']}")] == ["number 2", "Aye."]
     assert bot.retention._task is None  # stopped with the bot
 
 
@@ -110,5 +115,8 @@ async def test_real_batched_model_serves_channels_together_in_order(fake, world,
             await fake.wait_for_calls("POST", f"/channels/{ch['id']}/messages", 2, timeout=180)
         assert backend.worker.most_sequences > 1  # the two channels were decoded in one batch
         for ch in channels:
-            users = [t.content for t in bot.engine.store.history(f"discord:{ch['id']}") if t.role == "user"]
-            assert users == [f"question {n} for {ch['name']}" for n in range(2)]
+            def users(cid=f"discord:{ch['id']}") -> list[str]:
+                return [t.content for t in bot.engine.store.sync.history(cid) if t.role == "user"]
+
+            await fake.wait_for(lambda: len(users()) == 2)  # remembered once sent
+            assert users() == [f"question {n} for {ch['name']}" for n in range(2)]

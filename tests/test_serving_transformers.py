@@ -78,4 +78,4 @@ async def test_engine_serves_conversations_in_batches(backend, store, sample_car
     replies = await asyncio.gather(*(engine.reply(f"c{i}", q) for i, q in enumerate(QUESTIONS)))
     assert max(backend.worker.batch_sizes) > 1  # conversations really shared generate calls
     assert all(not r.fallback and r.text != "<fallback>" and r.completion_tokens == 10 for r in replies)
-    assert all(store.count_messages(f"c{i}") == 2 for i in range(len(QUESTIONS)))
+    assert all([await store.count_messages(f"c{i}") == 2 for i in range(len(QUESTIONS))])

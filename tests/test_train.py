@@ -142,7 +142,7 @@ async def test_trained_directory_chats_through_the_engine(trained, tmp_path):
     from charbot.backends.transformers import TransformersBackend
     from charbot.engine import Engine
     from charbot.generation import GenerationSettings
-    from charbot.memory import MemoryStore
+    from charbot.memory_sqlite import SqliteStore
     from charbot.models import guess_backend
     from charbot.persona import load_card
 
@@ -151,12 +151,12 @@ async def test_trained_directory_chats_through_the_engine(trained, tmp_path):
     backend = TransformersBackend(str(out), device="cpu")
     await backend.load()
     assert backend.default_prompt_format == "chat"
-    store = MemoryStore(tmp_path / "m.db")
+    store = SqliteStore(tmp_path / "m.db")
     engine = Engine(backend, store, load_card(out / "persona.json"), GenerationSettings(max_new_tokens=12, seed=1))
     reply = await engine.reply("c1", "Is the lamp lit?")
     assert reply.completion_tokens > 0
-    assert [t.role for t in store.history("c1")] == ["user", "assistant"]
-    store.close()
+    assert [t.role for t in await store.history("c1")] == ["user", "assistant"]
+    await store.close()
     await backend.aclose()
 
 

@@ -52,7 +52,7 @@ async def test_dialogpt_style_model_through_the_engine(plain_model, store, sampl
     first = await engine.reply("c", "Hello there")
     second = await engine.reply("c", "How are you today?")
     assert not first.fallback and not second.fallback and first.completion_tokens == 8
-    assert [t.role for t in store.history("c")] == ["user", "assistant"] * 2
+    assert [t.role for t in await store.history("c")] == ["user", "assistant"] * 2
     assert second.turns_in_prompt == 2  # the first exchange went into the second prompt, joined by EOS
 
 

@@ -60,15 +60,16 @@ def script_rows() -> list[tuple[str, str, str]]:
     return [(ep, name, line) for ep, lines in SCENES.items() for name, line in lines]
 
 
-def make_prepared(directory: Path, character: str = "Orla", context_turns: int = 3, val_episodes: int = 1) -> Path:
-    """The `charbot prepare` layout: train.jsonl / val.jsonl (split by episode) / persona.json."""
+def make_prepared(directory: Path, character: str = "Orla", context_turns: int = 3, val_episodes: int = 1, test_episodes: int = 0) -> Path:
+    """The `charbot prepare` layout: train.jsonl / val.jsonl (/ test.jsonl with `test_episodes`; split by episode) / persona.json."""
     directory.mkdir(parents=True, exist_ok=True)
     rows = script_rows()
     card = json.loads(sample_card_path().read_text(encoding="utf-8"))
     system = f"You are {character}. " + card.get("data", card).get("description", "")[:300]
     episodes = list(dict.fromkeys(ep for ep, _, _ in rows))
-    val_set = set(episodes[-val_episodes:])
-    out = {"train": [], "val": []}
+    test_set = set(episodes[len(episodes) - test_episodes:]) if test_episodes else set()
+    val_set = set(episodes[-val_episodes - test_episodes:][:val_episodes])
+    out = {"train": [], "val": [], **({"test": []} if test_episodes else {})}
     for i, (ep, name, line) in enumerate(rows):
         if name != character:
             continue
@@ -79,7 +80,8 @@ def make_prepared(directory: Path, character: str = "Orla", context_turns: int =
         if len(msgs) == 1:
             msgs.append({"role": "user", "content": "Pip: Captain?"})
         msgs.append({"role": "assistant", "content": line})
-        out["val" if ep in val_set else "train"].append({"messages": msgs, "episode": ep, "speaker": character})
+        split = "test" if ep in test_set else "val" if ep in val_set else "train"
+        out[split].append({"messages": msgs, "episode": ep, "speaker": character, "source_line": i + 2})
     for split, items in out.items():
         (directory / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items), encoding="utf-8")
     (directory / "persona.json").write_text(sample_card_path().read_text(encoding="utf-8"), encoding="utf-8")

@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from charbot.errors import ConfigError
 from charbot.generation import GenerationSettings
+from charbot.memory import redact
 from charbot.settings_groups import (
     DiscordSettings, HealthSettings, MemorySettings, PromptCacheSettings, RemoteSettings, ServeSettings, default_data_dir,
 )
@@ -225,6 +226,8 @@ def _describe(error: dict, flags: dict[str, Any]) -> str:
     name = FLAT_OF.get(loc[:2]) or FLAT_OF.get(loc[:1]) or ".".join(loc) or "?"
     where = f"--{name.replace('_', '-')}" if name in flags else f"{ENV_PREFIX}{name.upper()} or charbot.toml"
     value = error.get("input")
+    if isinstance(value, str):
+        value = redact(value)  # a URL's password is never echoed
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"invalid setting '{name}' ({where}){shown}: {error.get('msg', 'invalid')}"
 

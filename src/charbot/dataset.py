@@ -19,6 +19,7 @@ class Example:
     messages: list[dict]
     episode: str = ""
     speaker: str = ""
+    source_line: int = 0  # the reply's row in the script (0: not recorded)
 
 
 def load_jsonl(path: Path) -> list[Example]:
@@ -43,7 +44,8 @@ def load_jsonl(path: Path) -> list[Example]:
                     raise ConfigError(f"{where}: message {i} needs a role (system/user/assistant) and string content", "fix the line")
             if msgs[-1]["role"] != "assistant":
                 raise ConfigError(f"{where}: the last message must be the character's line (role assistant)", "fix the line")
-            out.append(Example(msgs, str(obj.get("episode", "")), str(obj.get("speaker", ""))))
+            line = obj.get("source_line")
+            out.append(Example(msgs, str(obj.get("episode", "")), str(obj.get("speaker", "")), line if isinstance(line, int) else 0))
     if not out:
         raise ConfigError(f"{path} has no examples", "prepare more data or check the character name")
     return out
@@ -54,9 +56,16 @@ def load_prepared(directory: Path) -> tuple[list[Example], list[Example], Path |
     if not directory.is_dir():
         raise ConfigError(f"data directory {directory} not found", "run `charbot prepare SCRIPT --character NAME -o DIR` first")
     train = load_jsonl(directory / "train.jsonl")
-    val_path = directory / "val.jsonl"
-    val = load_jsonl(val_path) if val_path.is_file() else []
+    val = load_held_out(directory, "val")
     return train, val, find_card(directory)
+
+
+def load_held_out(directory: Path, split: str) -> list[Example]:
+    """val.jsonl or test.jsonl; [] when absent or empty (`prepare` writes an empty one for a fraction of 0)."""
+    path = Path(directory) / f"{split}.jsonl"
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    return load_jsonl(path)
 
 
 def encode(tokenizer, renderer: Renderer, messages: list[dict], *, last_only: bool = False, speaker: str | None = None) -> tuple[list[int], list[int]]:

@@ -3,17 +3,20 @@ it calls a backend through one protocol. No discord, torch or CLI code here."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from charbot.backends.base import Backend, PromptFormat
+from charbot import scene_turns
+from charbot.backends.base import Backend, PromptFormat, cache_key
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
 from charbot.lore_scan import scan
 from charbot.lorebook import Lorebook
-from charbot.memory import MemoryStoreError, MemoryStore, Turn
+from charbot.memory import MemoryStoreError, MemoryUnavailable, Store, Turn
 from charbot.persona import CharacterCard, render
 from charbot.prompt import BuiltPrompt, PromptBuilder
 from charbot.scheduler import Scheduler
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 UNUSABLE_RETRIES = 2
 HISTORY_FETCH = 400  # turns read from memory before the token budget trims them
+MEMORY_RETRY_SECONDS = 30.0  # how long a delivered reply's write is retried while the database is unreachable
 
 OnUpdate = Callable[[str], Awaitable[None] | None]
 Deliver = Callable[["Reply"], Awaitable[None]]
@@ -54,17 +58,11 @@ def card_prompt(
     return replace(built, lore_notes=tuple(lore.notes)) if lore and lore.notes else built
 
 
-def seen_by(character: str, history: Sequence[Turn]) -> list[Turn]:
-    """`history` as `character` sees it: lines other characters said (a scene, or before a /persona switch) are
-    turns of other named speakers, like the people's, not the character's own."""
-    return [Turn("user", t.content, t.speaker) if t.role == "assistant" and t.speaker not in (None, character) else t for t in history]
-
-
 class Engine:
     def __init__(
         self,
         backend: Backend,
-        store: MemoryStore,
+        store: Store,
         persona: CharacterCard,
         settings: GenerationSettings | None = None,
         *,
@@ -73,6 +71,7 @@ class Engine:
         fallback_reply: str = "...",
         personas: Mapping[str, CharacterCard] | None = None,
         scheduler: Scheduler | None = None,
+        memory_retry_seconds: float = MEMORY_RETRY_SECONDS,
         lorebooks: Sequence[tuple[str, Lorebook]] = (),
     ):
         self.backend = backend
@@ -84,7 +83,8 @@ class Engine:
         self.fallback_reply = fallback_reply
         self._format = prompt_format
         self.lorebooks = list(lorebooks)  # (name, book): for every character, after the card's own book
-        self.memory_status = "ok"  # or "error: …" while replies cannot be saved
+        self.memory_status = "ok"  # or "error: …" while replies cannot be saved or memory cannot be read
+        self.memory_retry_seconds = memory_retry_seconds
         # Every generation goes through the scheduler: as many at once as the backend can serve.
         self.scheduler = scheduler or Scheduler(backend.parallel)
 
@@ -93,11 +93,15 @@ class Engine:
         return self.backend.default_prompt_format if self._format == "auto" else self._format  # type: ignore[return-value]
 
     # --- personas ------------------------------------------------------------------------------------
-    def persona_for(self, conversation_id: str) -> CharacterCard:
-        name = self.store.get_persona(conversation_id)
+    async def persona_for(self, conversation_id: str) -> CharacterCard:
+        name = await self.chosen_persona(conversation_id)
         return self.personas.get(name, self.default_persona) if name else self.default_persona
 
-    def set_persona(self, conversation_id: str, card_or_name: CharacterCard | str) -> CharacterCard:
+    async def chosen_persona(self, conversation_id: str) -> str | None:
+        """The name /persona chose for the conversation; None when none was."""
+        return await self._memory_call(self.store.get_persona(conversation_id))
+
+    async def set_persona(self, conversation_id: str, card_or_name: CharacterCard | str) -> CharacterCard:
         if isinstance(card_or_name, CharacterCard):
             self.personas[card_or_name.name] = card_or_name
             card = card_or_name
@@ -106,21 +110,36 @@ class Engine:
             if not matches:
                 raise KeyError(card_or_name)
             card = matches[0]
-        self.store.set_persona(conversation_id, card.name)
+        await self._memory_call(self.store.set_persona(conversation_id, card.name))
         return card
 
-    def reset(self, conversation_id: str) -> int:
+    async def reset(self, conversation_id: str) -> int:
         self.backend.forget(conversation_id)  # and the model's saved states of it
-        return self.store.reset(conversation_id)
+        return await self._memory_call(self.store.reset(conversation_id))
+
+    async def channel_cast(self, channel: str) -> list[str] | None:
+        """The characters active in `channel` (Discord --cast, /cast), in order; None when never set."""
+        return await self._memory_call(self.store.channel_cast(channel))
+
+    async def set_channel_cast(self, channel: str, names: Sequence[str]) -> None:
+        await self._memory_call(self.store.set_channel_cast(channel, names))
+
+    async def _memory_call(self, call):
+        """Await a store call; an unreachable database shows in `memory_status` (and reaches the caller)."""
+        try:
+            return await call
+        except MemoryUnavailable as exc:
+            self._memory_failed(exc)
+            raise
 
     # --- prompts -------------------------------------------------------------------------------------
-    def build_prompt(
+    async def build_prompt(
         self, conversation_id: str, text: str, speaker: str | None = None, persona: CharacterCard | None = None,
         history: Sequence[Turn] | None = None, max_new_tokens: int | None = None, history_start: int = 0,
     ) -> tuple[BuiltPrompt, CharacterCard]:
         """The prompt for `text`: after `history` when given, else after the conversation's remembered turns;
         room is left for `max_new_tokens` (default: the engine's setting)."""
-        card = persona or self.persona_for(conversation_id)
+        card = persona or await self.persona_for(conversation_id)
         builder = PromptBuilder(
             self.backend.count_tokens,
             context_window=self.backend.context_window,
@@ -130,23 +149,26 @@ class Engine:
         )
         start = history_start
         if history is None:
-            history, start = self._history(conversation_id)
-        history = seen_by(card.name, history)
+            history, start = await self._history(conversation_id)
+        history = scene_turns.seen_by(card.name, history)
         # {{user}} is the configured user name, not this message's speaker: in a group chat several people
         # talk, each named in their own turn, and a persona text that is the same for every conversation
         # lets batched backends share its KV cache.
         built = card_prompt(builder, card, self.user_name, history, text, speaker, self.lorebooks, start)
-        # tagged with its conversation, so a backend's prompt cache can drop it when the conversation is reset
-        return replace(built, prompt=replace(built.prompt, cache_key=conversation_id or None)), card
+        # tagged with its conversation and character, so a backend's prompt cache keeps a state per character of
+        # a scene, and drops them when the conversation is reset
+        key = cache_key(conversation_id, card.name) if conversation_id else None
+        return replace(built, prompt=replace(built.prompt, cache_key=key)), card
 
-    def _history(self, conversation_id: str) -> tuple[list[Turn], int]:
+    async def _history(self, conversation_id: str) -> tuple[list[Turn], int]:
         """The remembered turns the prompt is built from, and how many older ones come before them."""
         if not conversation_id:
             return [], 0
-        history = self.store.history(conversation_id, HISTORY_FETCH)
+        history = await self._memory_call(self.store.history(conversation_id, HISTORY_FETCH))
         if len(history) < HISTORY_FETCH:
             return history, 0
-        return history, self.store.count_messages(conversation_id) - len(history)  # where this window starts
+        # older turns exist: where this window starts in the conversation
+        return history, await self._memory_call(self.store.count_messages(conversation_id)) - len(history)
 
     def _stops(self, card: CharacterCard, speaker: str | None) -> tuple[str, ...]:
         # every loaded character too: in a scene the model must not go on to write the next character's line
@@ -173,27 +195,15 @@ class Engine:
             if deliver is not None:
                 await deliver(reply)
             if conversation_id:
-                self._remember(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply.text, reply.persona)])
+                await self._remember(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply.text, reply.persona)])
             return reply
 
     async def follow_up(
         self, conversation_id: str, persona: CharacterCard, *, deliver: Deliver | None = None, deadline: float | None = None,
         wanted: Callable[[], bool] | None = None,
     ) -> Reply | None:
-        """A scene turn: `persona` answers the conversation's last line (another character's), with no new message
-        from a person; only its line is remembered. None when there is nothing to answer, or when `wanted()`
-        says no once the turn's slot is had (a person spoke meanwhile: their turn went first, this one is stale)."""
-        async with self.scheduler.slot(conversation_id, deadline=deadline) as held:
-            history, start = self._history(conversation_id)
-            if not history or (wanted is not None and not wanted()):
-                return None
-            last = seen_by(persona.name, history[-1:])[0]
-            reply = await self._reply(conversation_id, last.content, last.speaker, None, persona, history[:-1], None, start)
-            held.generated()
-            if deliver is not None:
-                await deliver(reply)
-            self._remember(conversation_id, [Turn("assistant", reply.text, reply.persona)])
-            return reply
+        """A scene turn: `persona` answers the conversation's last line (see charbot.scene_turns.follow_up)."""
+        return await scene_turns.follow_up(self, conversation_id, persona, deliver=deliver, deadline=deadline, wanted=wanted)
 
     async def ask(
         self, text: str, *, speaker: str | None = None, persona: CharacterCard | None = None, history: Sequence[Turn] = (),
@@ -210,7 +220,7 @@ class Engine:
     ) -> Reply:
         started = time.perf_counter()
         settings = sampling or self.settings
-        built, card = self.build_prompt(conversation_id, text, speaker, persona, history, settings.max_new_tokens, history_start)
+        built, card = await self.build_prompt(conversation_id, text, speaker, persona, history, settings.max_new_tokens, history_start)
         settings = settings.with_stop(*self._stops(card, speaker))
         users = tuple(n for n in (self.user_name, speaker) if n)
         tokens = 0
@@ -238,17 +248,35 @@ class Engine:
         lore = tuple(f"{use.entry.label} ({use.entry.why})" for use in built.lore if use.placed)
         return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback, built.prompt_tokens, lore)
 
-    def _remember(self, conversation_id: str, turns: list[Turn]) -> None:
-        """A failing memory write must not cost the user the reply: log it and show it in `memory_status`."""
-        try:
-            self.store.add_exchange(conversation_id, turns)
-        except MemoryStoreError as exc:
-            self.memory_status = f"error: {exc}"
-            log.error("reply not remembered in %s: %s", conversation_id, exc)
-            return
+    async def _remember(self, conversation_id: str, turns: list[Turn]) -> None:
+        """A failing memory write must not cost the user the reply: log it and show it in `memory_status`.
+        The reply was delivered, so an unreachable database is retried (for `memory_retry_seconds`, the
+        conversation's next turn waiting meanwhile) under one exchange id: stored once, however often retried."""
+        exchange = uuid.uuid4().hex
+        deadline = time.monotonic() + self.memory_retry_seconds
+        wait = 0.05
+        while True:
+            try:
+                await self.store.add_exchange(conversation_id, turns, exchange)
+                break
+            except MemoryUnavailable as exc:
+                self._memory_failed(exc)
+                if time.monotonic() + wait > deadline:
+                    log.error("reply not remembered in %s: %s", conversation_id, exc)
+                    return
+                log.info("memory unavailable; retrying the write of %s in %.2f s", conversation_id, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 1.0)
+            except MemoryStoreError as exc:
+                self._memory_failed(exc)
+                log.error("reply not remembered in %s: %s", conversation_id, exc)
+                return
         if self.memory_status != "ok":
             log.warning("memory writes work again")
             self.memory_status = "ok"
+
+    def _memory_failed(self, exc: MemoryStoreError) -> None:
+        self.memory_status = f"error: {exc}"
 
     async def _stream(self, built: BuiltPrompt, settings, char: str, users, on_update: OnUpdate) -> str:
         raw = ""
@@ -267,5 +295,6 @@ class Engine:
         """Load the model and run one tiny generation so the first user does not pay for it."""
         if not self.backend.ready:
             await self.backend.load()
-        built, card = self.build_prompt("", "Hello", persona=self.default_persona)
+        await self.store.open()
+        built, card = await self.build_prompt("", "Hello", persona=self.default_persona)
         await self.backend.complete(built.prompt, self.settings.model_copy(update={"max_new_tokens": 1}))

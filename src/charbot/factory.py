@@ -12,7 +12,7 @@ from charbot.config import Settings
 from charbot.engine import Engine
 from charbot.errors import PersonaError
 from charbot.lorebook import load_lorebook
-from charbot.memory import MemoryStore
+from charbot.memory import Store, create_store
 from charbot.persona import CharacterCard, load_card
 from charbot.scheduler import Scheduler
 
@@ -55,7 +55,7 @@ def load_personas(settings: Settings, cast: Sequence[CharacterCard] = ()) -> tup
 
 
 def build_engine(
-    settings: Settings, *, backend=None, store: MemoryStore | None = None, max_inflight: int | None = None, max_queue: int | None = None,
+    settings: Settings, *, backend=None, store: Store | None = None, max_inflight: int | None = None, max_queue: int | None = None,
     cast: Sequence[CharacterCard] = (),
 ) -> Engine:
     """The engine the settings describe. A transport that bounds its load passes `max_inflight` and `max_queue`:
@@ -66,7 +66,7 @@ def build_engine(
     capacity = min(max_inflight or backend.parallel, backend.parallel)
     return Engine(
         backend,
-        store if store is not None else MemoryStore(settings.memory.resolved_db_path()),
+        store if store is not None else create_store(settings.memory.resolved_url(), timeout=settings.memory.memory_timeout),
         default,
         settings.generation,
         prompt_format=settings.prompt_format,

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from charbot.memory import MemoryStore
+from charbot.memory import Store
 
 log = logging.getLogger(__name__)
 DAY = 86400.0
@@ -23,18 +23,19 @@ class Swept:
         return self.old_messages + self.over_cap + self.idle_conversations
 
 
-def sweep(store: MemoryStore, *, retention_days: float | None, max_messages: int | None) -> Swept:
-    """One retention pass. Without a retention window or cap it deletes nothing."""
-    old = store.prune(retention_days * DAY) if retention_days else 0
-    capped = store.cap_messages(max_messages) if max_messages else 0
-    idle = store.drop_idle_conversations(retention_days * DAY) if retention_days else 0
+async def sweep(store: Store, *, retention_days: float | None, max_messages: int | None) -> Swept:
+    """One retention pass. Without a retention window or cap it deletes nothing. Several processes sharing
+    one database may sweep it at once: each deletion is idempotent, so they only repeat each other."""
+    old = await store.prune(retention_days * DAY) if retention_days else 0
+    capped = await store.cap_messages(max_messages) if max_messages else 0
+    idle = await store.drop_idle_conversations(retention_days * DAY) if retention_days else 0
     return Swept(old, capped, idle)
 
 
 class RetentionTask:
-    """Runs `sweep` now and then every `interval` seconds, off the event loop, until stopped."""
+    """Runs `sweep` now and then every `interval` seconds until stopped (the store keeps it off the event loop)."""
 
-    def __init__(self, store: MemoryStore, *, retention_days: float | None, max_messages: int | None, interval: float):
+    def __init__(self, store: Store, *, retention_days: float | None, max_messages: int | None, interval: float):
         self.store = store
         self.retention_days = retention_days
         self.max_messages = max_messages
@@ -52,7 +53,7 @@ class RetentionTask:
             self._task = asyncio.create_task(self._run(), name="charbot-retention")
 
     async def run_once(self) -> Swept:
-        swept = await asyncio.to_thread(sweep, self.store, retention_days=self.retention_days, max_messages=self.max_messages)
+        swept = await sweep(self.store, retention_days=self.retention_days, max_messages=self.max_messages)
         self.sweeps += 1
         self.deleted += swept.total
         if swept.total:

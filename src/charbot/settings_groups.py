@@ -8,6 +8,8 @@ from pathlib import Path
 from platformdirs import user_data_dir
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from charbot.memory import check_url
+
 
 def default_data_dir() -> Path:
     return Path(user_data_dir("charbot", appauthor=False))
@@ -24,6 +26,13 @@ class _Group(BaseModel):
 
 
 class MemorySettings(_Group):
+    memory_url: str | None = Field(
+        None, description="Where conversations are remembered: a SQLite file (path or sqlite:///path) or a PostgreSQL database shared "
+        "by several bot processes (postgresql://user@host:5432/db; the password from PGPASSWORD or in the URL). Empty: db_path.",
+    )
+    memory_timeout: float = Field(
+        5.0, gt=0, le=600, description="PostgreSQL: seconds a memory call waits for the database before the user is told to try again.",
+    )
     db_path: Path | None = Field(None, description="SQLite memory file. Default: <user data dir>/memory.db.")
     retention_days: float | None = Field(None, gt=0, description="Forget messages older than this many days (empty: keep everything).")
     max_messages_per_conversation: int | None = Field(
@@ -31,8 +40,14 @@ class MemorySettings(_Group):
     )
     prune_interval: float = Field(3600.0, gt=0, le=7 * 86400, description="Seconds between retention sweeps while serving.")
 
+    _check_memory_url = field_validator("memory_url")(lambda value: check_url(value) if value else value)
+
     def resolved_db_path(self) -> Path:
         return self.db_path or default_data_dir() / "memory.db"
+
+    def resolved_url(self) -> str:
+        """memory_url, else the SQLite file db_path names (today's default)."""
+        return self.memory_url or str(self.resolved_db_path())
 
 
 class RemoteSettings(_Group):
@@ -52,8 +67,10 @@ class DiscordSettings(_Group):
     token_env: str = Field("DISCORD_TOKEN", description="Env var holding the bot token.")
     api_url: str | None = Field(None, description="REST base URL (a proxy, or a test server).")
     gateway_url: str | None = Field(None, description="Gateway websocket URL (a proxy, or a test server).")
-    shard_count: int | None = Field(None, ge=1)
-    shard_ids: list[int] | None = None
+    shard_count: int | None = Field(None, ge=1, description="Shards of the whole bot, all processes together (empty: Discord's advice, all here).")
+    shard_ids: list[int] | None = Field(
+        None, description="Shards this process runs, e.g. 0,1 (with shard_count; other processes run the rest). Direct messages reach shard 0 only."
+    )
     chat_channels: list[int] = Field(default_factory=list, description="Channels where every message is answered.")
     allow_dms: bool = True
     allowed_users: list[int] = Field(default_factory=list)
@@ -106,10 +123,20 @@ class DiscordSettings(_Group):
             raise ValueError("must start with ws:// or wss://")
         return value
 
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        # --shard-ids 0,1 on the command line; JSON ([0, 1]) in the environment and TOML lists work too
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _shards(self) -> DiscordSettings:
         if self.shard_ids and self.shard_count is None:
-            raise ValueError("shard_ids is set without shard_count (set CHARBOT_DISCORD_SHARD_COUNT too)")
+            raise ValueError("discord_shard_ids is set without discord_shard_count (set CHARBOT_DISCORD_SHARD_COUNT too)")
+        if self.shard_ids and self.shard_count is not None:
+            outside = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
+            if outside or len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError(f"discord_shard_ids must be distinct numbers from 0 to {self.shard_count - 1} (discord_shard_count {self.shard_count})")
         return self
 
 

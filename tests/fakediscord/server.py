@@ -7,6 +7,7 @@ Every request is recorded (`state.calls`); `state.rate_limit(...)` injects 429s 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -87,6 +88,8 @@ class FakeDiscord(Loopback):
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
+            if inspect.isawaitable(value):  # an async predicate (a store's count, say)
+                value = await value
             if value:
                 return value
             if time.monotonic() > deadline:

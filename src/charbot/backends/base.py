@@ -26,6 +26,19 @@ class Message:
     content: str
 
 
+KEY_SEP = "\x1f"  # between a cache key's conversation and character: in neither's text
+
+
+def cache_key(conversation: str, character: str) -> str:
+    """One key per character in a conversation: in a scene, each character's prompt starts with its own persona,
+    so each keeps a state of its own rather than replacing the other's."""
+    return f"{conversation}{KEY_SEP}{character}"
+
+
+def of_conversation(key: str | None, conversation: str) -> bool:
+    return key is not None and (key == conversation or key.startswith(conversation + KEY_SEP))
+
+
 @dataclass(frozen=True)
 class Prompt:
     """Either chat messages (the backend applies the model's chat template) or raw text (DialoGPT style)."""
@@ -35,8 +48,9 @@ class Prompt:
     # The reply's first words, already written for the model ("Orla:" where speakers are named). Backends
     # that render the chat template themselves continue from it; chat APIs cannot, and ignore it.
     reply_prefix: str = ""
-    # The conversation it belongs to: a backend that keeps prompts' KV states may tag them with it (and forget
-    # them when the conversation is reset). Never part of what the model reads.
+    # The conversation and character it belongs to (`cache_key()`): a backend that keeps prompts' KV states
+    # tags them with it, keeps one per key, and forgets a conversation's when it is reset. Never part of what
+    # the model reads.
     cache_key: str | None = None
 
     @property

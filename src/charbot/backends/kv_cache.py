@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from charbot.backends.base import of_conversation
+
 MIN_TOKENS = 32  # shorter states cost more to keep track of than to read again
 
 
@@ -100,7 +102,7 @@ class PromptCache:
     def put(self, tokens: tuple[int, ...], data: mmap.mmap | bytearray, key: str | None) -> None:
         if len(tokens) < MIN_TOKENS or (len(data) > self.budget_bytes and self.spill_dir is None):
             return
-        # One state per conversation (its newest: later prompts extend it), and none that is a start of this one
+        # One state per key, a conversation's character (its newest: later prompts extend it), and none that is a start of this one
         # (this one gives every prompt at least as much).
         for old in [e for e in self.entries.values() if (key is not None and e.key == key) or tokens[: len(e.tokens)] == e.tokens]:
             del self.entries[old.tokens]
@@ -112,9 +114,9 @@ class PromptCache:
     def holds(self, tokens: tuple[int, ...]) -> bool:
         return tokens in self.entries
 
-    def forget(self, key: str) -> int:
-        """Drop every state made from conversation `key`; returns how many."""
-        gone = [e for e in self.entries.values() if e.key == key]
+    def forget(self, conversation: str) -> int:
+        """Drop every state made from `conversation` (each of its characters'); returns how many."""
+        gone = [e for e in self.entries.values() if of_conversation(e.key, conversation)]
         for entry in gone:
             del self.entries[entry.tokens]
             self._discard(entry)

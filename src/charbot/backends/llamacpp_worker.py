@@ -9,14 +9,18 @@ Cells about to be overwritten are saved to the cache first when they hold enough
 from __future__ import annotations
 
 import codecs
+import logging
 import random
 from dataclasses import dataclass, field
 
-from charbot.backends.base import Completion
+from charbot.backends.base import Completion, of_conversation
 from charbot.backends.kv_cache import PromptCache, common_prefix
 from charbot.backends.llamacpp_model import LlamaModel
 from charbot.backends.worker import ModelWorker, Request
+from charbot.errors import BackendError
 from charbot.generation import NoRepeatNGram
+
+log = logging.getLogger(__name__)
 
 MIN_SHARED = 16  # tokens a prompt must share with one being read before it waits to copy them
 # Cells about to be overwritten are saved when at least this many of them would be lost: reading 16 tokens again
@@ -72,8 +76,17 @@ class LlamaWorker(ModelWorker):
     def admit(self) -> None:
         while self.waiting and len(self.slots) < self.parallel:
             req = self.waiting.popleft()
-            if not req.cancelled.is_set():
+            if req.cancelled.is_set():
+                continue
+            try:
                 self._admit(req)
+            except Exception as exc:  # that request fails, with the cells of the free sequences dropped as unknown
+                log.exception("admitting a request failed")
+                for seq in range(self.parallel):
+                    if seq not in self.slots:
+                        self.m.clear(seq)
+                        self.kept.pop(seq, None)
+                req.emit(BackendError(f"llama.cpp generation failed: {exc}"))
 
     def _admit(self, req: Request) -> None:
         s = req.settings
@@ -90,8 +103,9 @@ class LlamaWorker(ModelWorker):
             self.m.clear(seq)
             slot.follow = (leader, shared)
         elif entry is not None and cached >= kept + MIN_SHARED:
+            state = self.cache.state(entry)  # taken first: saving the cells vacated may replace or evict the entry
             self._vacate(seq, 0)
-            restored = self.m.restore(seq, self.cache.state(entry))
+            restored = self.m.restore(seq, state)
             self._count(cached if restored else 0, hit=restored)
             self._resume(slot, cached if restored else 0)
         else:
@@ -124,12 +138,12 @@ class LlamaWorker(ModelWorker):
             stats.misses += not hit
             stats.saved_tokens += reused if hit else 0
 
-    def forget(self, key: str) -> None:
-        """Drop everything read for conversation `key`: its cached states, and the cells a sequence kept."""
+    def forget(self, conversation: str) -> None:
+        """Drop everything read for `conversation`: its cached states, and the cells a sequence kept."""
         if self.cache is not None:
-            self.cache.forget(key)
+            self.cache.forget(conversation)
         for seq, (_tokens, owner) in list(self.kept.items()):
-            if owner == key:
+            if of_conversation(owner, conversation):
                 self.m.clear(seq)
                 del self.kept[seq]
 

@@ -122,6 +122,16 @@ class ModelWorker(abc.ABC):
     def _run(self) -> None:
         try:
             while self._next():
+                pending = list(self.waiting)
+                try:
+                    self.admit()
+                except Exception as exc:  # a hook's own slip: the requests it took fail, never silently; the worker goes on
+                    log.exception("%s admission failed", self.name)
+                    error = BackendError(f"{self.name} generation failed: {exc}")
+                    still = {id(req) for req in self.waiting}
+                    for req in pending:
+                        if id(req) not in still:
+                            req.emit(error)  # one admitted before the slip stops at its next step (cancelled)
                 try:
                     self.step()
                 except Exception as exc:  # a failed step fails the requests in it, not the worker
@@ -154,7 +164,6 @@ class ModelWorker(abc.ABC):
                 req.emit(exc)
                 continue
             self.waiting.append(req)
-        self.admit()
         return True
 
 

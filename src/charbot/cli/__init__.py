@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "charbot.cli.train:train",
     "eval": "charbot.cli.evaluate:evaluate",
     "export-gguf": "charbot.cli.export:export_gguf",
+    "memory": "charbot.cli.memory:memory_cmd",
     "card": "charbot.cli.card:card",
     "prompt": "charbot.cli.prompt:prompt_cmd",
 }

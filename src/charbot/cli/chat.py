@@ -14,6 +14,7 @@ from charbot.config import Settings, default_data_dir
 from charbot.engine import Engine
 from charbot.errors import BackendError, CharbotError
 from charbot.factory import build_engine
+from charbot.memory import MemoryStoreError
 from charbot.persona import load_card, substitute
 from charbot.cli.options import model_options
 
@@ -38,6 +39,7 @@ def chat(settings: Settings, conversation: str, stream: bool | None, verbose: bo
 async def _run(settings: Settings, conversation: str, interactive: bool, stream: bool, verbose: bool) -> None:
     engine = build_engine(settings)
     try:
+        await engine.store.open()
         await engine.warm_up()
         if interactive:
             await _repl(engine, conversation, stream, verbose)
@@ -45,10 +47,10 @@ async def _run(settings: Settings, conversation: str, interactive: bool, stream:
             await _piped(engine, conversation, verbose)
     finally:
         await engine.backend.aclose()
-        engine.store.close()
+        await engine.store.close()
 
 
-def _command(engine: Engine, conversation: str, line: str) -> str | None:
+async def _command(engine: Engine, conversation: str, line: str) -> str | None:
     """Handle a /command; returns what to print, or None when the line is not a command."""
     if not line.startswith("/"):
         return None
@@ -58,13 +60,13 @@ def _command(engine: Engine, conversation: str, line: str) -> str | None:
     if cmd == "/help":
         return HELP
     if cmd == "/reset":
-        n = engine.reset(conversation)
+        n = await engine.reset(conversation)
         return f"(forgot {n} messages)"
     if cmd == "/persona":
         if not arg.strip():
-            return f"(talking to {engine.persona_for(conversation).name}; /persona FILE to switch)"
+            return f"(talking to {(await engine.persona_for(conversation)).name}; /persona FILE to switch)"
         try:
-            card = engine.set_persona(conversation, load_card(Path(arg.strip()).expanduser()))
+            card = await engine.set_persona(conversation, load_card(Path(arg.strip()).expanduser()))
         except CharbotError as exc:
             return f"(error: {exc})"
         return f"(now talking to {card.name})"
@@ -89,7 +91,7 @@ async def _session(engine: Engine, conversation: str, read: Callable[[], Awaitab
         if not line:
             continue
         try:
-            out = _command(engine, conversation, line)
+            out = await _command(engine, conversation, line)
         except EOFError:
             return
         if out is not None:
@@ -97,7 +99,7 @@ async def _session(engine: Engine, conversation: str, read: Callable[[], Awaitab
             continue
         try:
             await answer(line)
-        except BackendError as exc:  # one failed reply (a server hiccup) does not end the chat
+        except (BackendError, MemoryStoreError) as exc:  # one failed reply (a server hiccup) does not end the chat
             click.echo(f"charbot: error: {exc}", err=True)
 
 
@@ -127,9 +129,9 @@ async def _repl(engine: Engine, conversation: str, stream: bool, verbose: bool) 
             readline.read_history_file(history)
     except (ImportError, OSError):
         readline = None  # type: ignore[assignment]
-    card = engine.persona_for(conversation)
+    card = await engine.persona_for(conversation)
     click.secho(f"Talking to {card.name} ({engine.backend.describe()}). /help for commands.", dim=True)
-    if not engine.store.history(conversation, 1) and card.data.first_mes:
+    if not await engine.store.history(conversation, 1) and card.data.first_mes:
         click.secho(f"{card.name}: ", bold=True, nl=False)
         click.echo(substitute(card.data.first_mes, card.name, engine.user_name))
     loop = asyncio.get_running_loop()
@@ -142,7 +144,7 @@ async def _repl(engine: Engine, conversation: str, stream: bool, verbose: bool) 
             return None
 
     async def answer(line: str) -> None:
-        name = engine.persona_for(conversation).name
+        name = (await engine.persona_for(conversation)).name
         click.secho(f"{name}: ", bold=True, nl=False)
         shown = ""
 

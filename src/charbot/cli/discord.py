@@ -12,7 +12,7 @@ from charbot.config import Settings
 
 @click.command("discord")
 @settings_options(*TALK_SETTINGS, ("health_port",), ("health_host",), ("discord_stream", "--stream/--no-stream"), ("cast_dir", "--cast"),
-                  ("discord_scene_turns", "--scene-turns"))
+                  ("discord_scene_turns", "--scene-turns"), ("discord_shard_ids", "--shard-ids"), ("discord_shard_count", "--shard-count"))
 @click.option("--no-health", is_flag=True, help="Do not serve the health/metrics page.")
 @click.option("--message-content/--no-message-content", default=True, show_default=True,
               help="Request the privileged Message Content intent; without it only mentions and DMs carry text.")

@@ -1,4 +1,4 @@
-"""`charbot eval DATA`: base vs persona-prompted base vs fine-tuned models on held-out episodes."""
+"""`charbot eval DATA`: base vs persona-prompted base vs fine-tuned models on the test split."""
 
 from __future__ import annotations
 
@@ -23,18 +23,20 @@ def _parse_model(spec: str):
 @click.option("--model", "models", multiple=True, help="LABEL=DIR_OR_HUB_ID of a model to compare (repeatable), e.g. fine-tuned=charbot-model.")
 @click.option("--base", "base", default=None, help="Base model compared with and without the persona (default: embedded SmolLM2-135M-Instruct).")
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), default=Path("charbot-eval"), show_default=True, help="Report directory (report.md, comparison.png, results.json).")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="Held-out split to score: test (never trained, stopped or tuned on) or val. Without a test.jsonl, val, with a note.")
 @click.option("--limit", type=int, default=40, show_default=True, help="Held-out contexts to score.")
 @click.option("--max-new-tokens", type=int, default=40, show_default=True, help="Cap on each sampled reply.")
 @click.option("--samples", type=int, default=4, show_default=True,
-              help="Replies sampled per context for the persona score and diversity (drawn in one batch); more give a steadier score.")
+              help="Replies sampled per context for the judge and diversity (drawn in one batch); more give a steadier score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--persona", "persona", metavar="CARD", default=None,
               help="Evaluate the persona rows with this character card (any format), as chat and Discord send it: its text and the "
-                   "lorebook entries each context fires, example dialogue and greeting. Default: the system message in val.jsonl.")
+                   "lorebook entries each context fires, example dialogue and greeting. Default: the system message in the data's JSONL.")
 @click.option("--name-replies", is_flag=True, help="Show the base model the character's turns as 'Name: line' and begin each reply with the name, as Discord does (trained models follow their training_config.json).")
-def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, limit: int, max_new_tokens: int, samples: int, seed: int,
+def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, split: str, limit: int, max_new_tokens: int, samples: int, seed: int,
              persona: str | None, name_replies: bool) -> None:
-    """Compare models on DATA's held-out episodes (val.jsonl): perplexity, persona score, distinct-1/2, length."""
+    """Compare models on DATA's test split: perplexity, response selection (hits@1/20, MRR), judge ratio, distinct-1/2, length."""
     from rich.console import Console
     from rich.table import Table
 
@@ -54,10 +56,10 @@ def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, l
             cand.label += f" [{Path(persona).name}]" if cand.persona else ""
     console = Console(stderr=True)
     with console.status("evaluating") as status:
-        rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed, samples=samples,
+        rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed, samples=samples, split=split,
                    progress=lambda label, i, n: status.update(f"{label}: reply {i}/{n}"), card=card)
-    table = Table("model", "perplexity", "in character", "distinct-2", "mean words")
+    table = Table("model", "perplexity", "hits@1", "MRR", "judge ratio", "distinct-2", "mean words")
     for r in rows:
-        table.add_row(r.label, f"{r.perplexity:.2f}", f"{r.in_character:.0%}", f"{r.distinct_2:.2f}", f"{r.mean_words:.1f}")
+        table.add_row(r.label, f"{r.perplexity:.2f}", f"{r.hits_at_1:.2f}", f"{r.mrr:.2f}", f"{r.judge_ratio:.2f}", f"{r.distinct_2:.2f}", f"{r.mean_words:.1f}")
     console.print(table)
     console.print(f"report: {out / 'report.md'}")

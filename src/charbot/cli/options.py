@@ -44,7 +44,8 @@ def settings_options(*specs: tuple[str, ...]):
 
 
 TALK_SETTINGS = (
-    ("model", "-m"), ("backend", "-b"), ("base_url",), ("persona", "-p"), ("lorebook",), ("db_path", "--db"), ("parallel",),
+    ("model", "-m"), ("backend", "-b"), ("base_url",), ("persona", "-p"), ("lorebook",),
+    ("db_path", "--db"), ("memory_url",), ("parallel",),
     ("max_new_tokens",), ("temperature",), ("top_k",), ("top_p",), ("seed",), ("prompt_format",),
 )
 model_options = settings_options(*TALK_SETTINGS)

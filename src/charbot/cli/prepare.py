@@ -17,7 +17,10 @@ from charbot.prepare.errors import ScriptError
 @click.option("--speaker-col", help="Speaker column name or 1-based number (default: detected).")
 @click.option("--line-col", help="Dialogue column name or 1-based number (default: detected).")
 @click.option("--episode-col", help="Episode/scene column name or number (default: detected; none = one episode).")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of episodes held out for validation.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Share of episodes held out for validation (early stopping, recipe search).")
+@click.option("--test-fraction", type=float, default=0.1, show_default=True,
+              help="Share of episodes held out for `charbot eval` only: never trained, stopped or tuned on.")
 @click.option("--wide-csv", is_flag=True, help="Also write the tutorial's wide table (response, context, context/0…).")
 @click.option("--cast", type=int, default=0, show_default=True, metavar="MIN_LINES",
               help="Also train on every other speaker with at least MIN_LINES lines, each as itself (train episodes only): "
@@ -29,8 +32,9 @@ from charbot.prepare.errors import ScriptError
                    "Default: the offline statistical draft only.")
 @click.option("--kaggle", metavar="OWNER/DATASET[/FILE]", help="Download the script from Kaggle (needs Kaggle credentials).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
-def prepare(script, character, out, context, alias, speaker_col, line_col, episode_col, val_fraction, wide_csv, cast, force, draft_with, kaggle, quiet):
-    """Turn a script (CSV/TSV/R export: who said what) into train/val JSONL and a persona card for one character."""
+def prepare(script, character, out, context, alias, speaker_col, line_col, episode_col, val_fraction, test_fraction, wide_csv, cast, force, draft_with,
+            kaggle, quiet):
+    """Turn a script (CSV/TSV/R export: who said what) into train/val/test JSONL and a persona card for one character."""
     from rich.console import Console
 
     from charbot.prepare import prepare as run_prepare
@@ -48,7 +52,7 @@ def prepare(script, character, out, context, alias, speaker_col, line_col, episo
     result = run_prepare(
         script, character, out,
         context=context, aliases=alias, speaker_col=speaker_col, line_col=line_col, episode_col=episode_col,
-        val_fraction=val_fraction, wide_csv=wide_csv, force=force, cast=cast, show_progress=not quiet,
+        val_fraction=val_fraction, test_fraction=test_fraction, wide_csv=wide_csv, force=force, cast=cast, show_progress=not quiet,
         draft_with=_drafting_backend(draft_with) if draft_with else None,
     )
     if not quiet:

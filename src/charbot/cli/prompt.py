@@ -13,7 +13,8 @@ from charbot.backends.worker import WorkerBackend
 from charbot.cli.options import settings_options
 from charbot.config import Settings
 from charbot.factory import build_engine
-from charbot.memory import MemoryStore, Turn
+from charbot.memory import Turn
+from charbot.memory_sqlite import SqliteStore
 from charbot.prompt import BuiltPrompt
 
 PROMPT_SETTINGS = (
@@ -46,12 +47,13 @@ def prompt_cmd(settings: Settings, raw: bool, speaker: str | None, messages: tup
 
 
 async def _build(settings: Settings, messages: list[str], speaker: str | None) -> tuple[BuiltPrompt, dict]:
-    engine = build_engine(settings, store=MemoryStore(":memory:"))
+    # a throwaway memory, never the configured one: the conversation shown is a fresh one, nothing is saved
+    engine = build_engine(settings, store=SqliteStore(":memory:"))
     try:
         if isinstance(engine.backend, WorkerBackend):
             await engine.backend.load()  # its tokenizer and chat template
         history = [Turn("user", m, speaker) for m in messages[:-1]]
-        built, card = engine.build_prompt("", messages[-1], speaker, history=history)
+        built, card = await engine.build_prompt("", messages[-1], speaker, history=history)
         summary = (
             f"prompt: {built.prompt_tokens} tokens of {engine.backend.context_window} ({engine.backend.describe()}, "
             f"{engine.prompt_format} format, {card.name}); example dialogue {'kept' if built.examples_kept else 'left out'}; "
@@ -60,7 +62,7 @@ async def _build(settings: Settings, messages: list[str], speaker: str | None) -
         return built, {"rendered": engine.backend.render(built.prompt), "summary": summary}
     finally:
         await engine.backend.aclose()
-        engine.store.close()
+        await engine.store.close()
 
 
 def show_messages(built: BuiltPrompt) -> str:

@@ -30,7 +30,10 @@ def config_options(func):
             continue
         default = None if f.default is MISSING else f.default
         names = [f"--{f.name.replace('_', '-')}"] + (["-o"] if f.name == "output_dir" else [])
-        if f.type in ("bool", bool):
+        if f.type in ("bool | None",):  # chosen from the data unless given either way
+            flag = f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"
+            func = click.option(flag, f.name, default=None, help=f.metadata["help"])(func)
+        elif f.type in ("bool", bool):
             flag = f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}" if default else names[0]
             func = click.option(flag, f.name, is_flag=True, default=default, show_default=True, help=f.metadata["help"])(func)
         else:
@@ -55,6 +58,9 @@ def train(**kwargs) -> None:
     result = run(cfg)
     console = Console(stderr=True)
     m = result.metrics
+    if not result.written:  # another process of a distributed run: the main one reports and writes
+        console.print(f"rank {result.rank}: {m['steps']} steps, train loss {m['train_loss']:.3f}; the main process writes {result.output_dir}")
+        return
     line = f"saved {result.output_dir} — train loss {m['train_loss']:.3f}"
     if "val_perplexity" in m:
         line += f", validation perplexity {m['val_perplexity_before']:.1f} → {m['val_perplexity']:.1f}" if "val_perplexity_before" in m else f", validation perplexity {m['val_perplexity']:.1f}"

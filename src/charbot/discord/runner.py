@@ -34,6 +34,7 @@ async def serve(bot: CharBot, token: str, *, health: bool = True, on_health_port
     server = HealthServer(bot.status, bot.metrics, host=h.host, port=h.port, avatars=bot.avatar_image) if health else None
     loop = asyncio.get_running_loop()
     try:
+        await bot.engine.store.open()  # a wrong memory_url fails now, before the model loads
         if server is not None:
             port = await server.start()
             log.warning("health page on http://%s:%d/ (/healthz, /metrics)", h.host, port)
@@ -66,4 +67,4 @@ async def serve(bot: CharBot, token: str, *, health: bool = True, on_health_port
         if server is not None:
             await server.stop()
         await bot.engine.backend.aclose()
-        bot.engine.store.close()
+        await bot.engine.store.close()

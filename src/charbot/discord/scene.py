@@ -41,14 +41,14 @@ class Scenes:
         self.stats = {name: {"replies": 0, "errors": 0} for name in cast.names}  # for /healthz
 
     # --- the channel's cast ------------------------------------------------------------------------
-    def active(self, channel) -> list[str]:
+    async def active(self, channel) -> list[str]:
         """The channel's cast (a thread without one of its own: its parent's), else the whole cast; names
-        whose card is no longer loaded are skipped."""
-        store = self.bot.engine.store
-        stored = store.channel_cast(conversation_id(channel.id))
+        whose card is no longer loaded are skipped. Raises MemoryStoreError when memory cannot be read."""
+        engine = self.bot.engine
+        stored = await engine.channel_cast(conversation_id(channel.id))
         parent = getattr(channel, "parent_id", None)
         if stored is None and parent is not None:
-            stored = store.channel_cast(conversation_id(parent))
+            stored = await engine.channel_cast(conversation_id(parent))
         names = [n for n in stored or () if n in self.cast]
         return names or self.cast.names
 
@@ -65,8 +65,14 @@ class Scenes:
         scene = object()
         self._current[channel.id] = scene
         try:
-            active = self.active(channel)
-            chosen = self.bot.engine.store.get_persona(conversation_id(channel.id))  # /persona: the channel's default
+            try:
+                active = await self.active(channel)
+                chosen = await self.bot.engine.chosen_persona(conversation_id(channel.id))  # /persona: the channel's default
+            except MemoryStoreError as exc:  # nothing can be generated without the channel's cast and conversation
+                self.bot.metrics.errors.labels("memory").inc()
+                log.warning("memory unreadable for %s: %s", conversation_id(channel.id), exc)
+                await self._notice(message, exc.user_message)
+                return
             name = first_speaker(active, text, replied_to=replied_to, default=chosen, talkativeness=self.talkativeness(), rng=self.rng)
             reply = await self._turn(message, self.cast[name], text)
             turns = 1
@@ -115,6 +121,8 @@ class Scenes:
             return None
         except (discord.HTTPException, MemoryStoreError) as exc:
             self._failed(character, "discord" if isinstance(exc, discord.HTTPException) else "memory", f"{character.name} could not speak in {conversation}: {exc}")
+            if text is not None and isinstance(exc, MemoryStoreError):  # the conversation could not be read: nothing was generated
+                await self._notice(message, exc.user_message)
             return None
         except Exception:
             bot.metrics.errors.labels("internal").inc()

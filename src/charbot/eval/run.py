@@ -1,21 +1,28 @@
-"""`charbot eval`, top to bottom: held-out examples → for each model: perplexity, sampled replies, persona
-score, diversity → markdown report + chart. Models: the base with and without the persona, and each trained one."""
+"""`charbot eval`, top to bottom: test examples → for each model: perplexity, response selection, sampled
+replies, the judge's score, diversity → markdown report + chart. Models: the base with and without the
+persona, and each trained one. Everything is measured on the test split (`prepare --test-fraction`), which
+neither training, early stopping nor a recipe search reads."""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from charbot.errors import ConfigError
 from charbot.eval import metrics
 from charbot.eval.perplexity import response_perplexity
-from charbot.eval.persona_score import PersonaClassifier, split_lines
-from charbot.dataset import Example, load_prepared
+from charbot.eval.persona_score import JudgeQuality, PersonaClassifier, split_lines
+from charbot.eval.selection import candidate_sets, response_selection
+from charbot.dataset import Example, load_held_out, load_prepared
 from charbot.generation import GenerationSettings, clean_reply
 from charbot.rendering import Renderer
 
+NAN = float("nan")
 USER_PLACEHOLDER = "User"  # what {{user}} is in the examples `prepare` writes
+
 
 @dataclass
 class Candidate:
@@ -36,13 +43,41 @@ class Row:
     distinct_1: float
     distinct_2: float
     mean_words: float
-    replies: list[list[str]] = field(default_factory=list)  # per held-out context, its sampled replies
+    replies: list[list[str]] = field(default_factory=list)  # per test context, its sampled replies
+    hits_at_1: float = NAN  # response selection, the real reply among 20 (selection.py)
+    mrr: float = NAN
+    judge_score: float = NAN  # the judge's mean score of the replies
+    judge_ratio: float = NAN  # judge_score / the judge's mean score of the character's real replies to the same contexts
 
     @classmethod
-    def scored(cls, label: str, model: str, persona: bool, named: bool, perplexity: float, replies: list[list[str]], judge) -> Row:
+    def scored(cls, label: str, model: str, persona: bool, named: bool, perplexity: float, replies: list[list[str]], judge,
+               real_score: float = NAN) -> Row:
         flat = [r for per_context in replies for r in per_context]
+        score = judge.mean_score(flat)
         return cls(label, model, persona, named, perplexity, judge.in_character(flat), metrics.distinct_by_round(replies, 1),
-                   metrics.distinct_by_round(replies, 2), metrics.mean_length(flat), replies)
+                   metrics.distinct_by_round(replies, 2), metrics.mean_length(flat), replies, judge_score=score,
+                   judge_ratio=score / real_score if real_score and not math.isnan(real_score) else NAN)
+
+
+@dataclass
+class HeldOut:
+    split: str  # the file scored: test, or val for data prepared before test splits existed
+    examples: list  # all of it: the distractors of response selection come from the whole split
+    note: str = ""
+
+
+def held_out(data_dir: Path, split: str) -> HeldOut:
+    examples = load_held_out(data_dir, split)
+    if examples:
+        return HeldOut(split, examples)
+    if split == "test":
+        val = load_held_out(data_dir, "val")
+        if val:
+            note = (f"{data_dir}/test.jsonl is missing or empty (data prepared before test splits, or --test-fraction 0): scoring "
+                    "val.jsonl, which training may have used for early stopping and settings may have been tuned on; "
+                    "re-run `charbot prepare` for a test split")
+            return HeldOut("val", val, note)
+    raise ConfigError(f"{data_dir}/{split}.jsonl is missing or empty", "run `charbot prepare` with --test-fraction (and --val-fraction) above 0")
 
 
 def load(ref: str | None):
@@ -102,15 +137,21 @@ def with_card(examples: list[Example], card, count_tokens, max_new_tokens: int, 
 
 
 def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limit: int = 40, max_new_tokens: int = 40, seed: int = 0, samples: int = 1,
-             progress=None, card=None) -> list[Row]:
-    """`card`: the persona rows use it as chat sends it (`with_card`) instead of the system message in val.jsonl."""
-    train, val, _ = load_prepared(data_dir)
-    if not val:
-        raise ConfigError(f"{data_dir}/val.jsonl is missing or empty", "run `charbot prepare` with a validation split (held-out episodes)")
-    held_out = val[:limit]
-    character = held_out[0].speaker or "the character"
+             split: str = "test", progress=None, card=None) -> list[Row]:
+    """`card`: the persona rows use it as chat sends it (`with_card`) instead of the system message in the data."""
+    train, _, _ = load_prepared(data_dir)
+    scored = held_out(data_dir, split)
+    if scored.note:
+        print(f"note: {scored.note}", file=sys.stderr)
+    contexts = scored.examples[:limit]
+    speaker = contexts[0].speaker or None
+    character = speaker or "the character"
     names = tuple(sorted({line.partition(": ")[0] for ex in train for m in ex.messages if m["role"] == "user" for line in m["content"].splitlines() if ": " in line}))
-    judge = PersonaClassifier.fit(train, seed=seed, character=held_out[0].speaker or None)
+    judge = PersonaClassifier.fit(train, seed=seed, character=speaker)
+    quality = judge.quality(*split_lines(scored.examples, speaker))
+    real = [[ex.messages[-1]["content"]] for ex in contexts]
+    real_score = judge.mean_score([r for [r] in real])  # the ratio's yardstick: the real replies to the same contexts
+    choices = candidate_sets(contexts, seed=seed, pool=scored.examples)  # the same candidates for every model
     settings = GenerationSettings(max_new_tokens=max_new_tokens, seed=seed)
     rows: list[Row] = []
     loaded: dict = {}
@@ -120,10 +161,11 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
         model, tok, path = loaded[cand.ref]
         renderer = Renderer.for_tokenizer(tok)
         named = (trained_named(path) if cand.named is None else cand.named) and renderer.fmt == "chat"
-        examples = held_out
+        examples = contexts
         if card is not None and cand.persona and renderer.fmt == "chat":
-            examples = with_card(held_out, card, lambda text: len(tok(text, add_special_tokens=False)["input_ids"]), max_new_tokens)
+            examples = with_card(contexts, card, lambda text: len(tok(text, add_special_tokens=False)["input_ids"]), max_new_tokens)
         ppl = response_perplexity(model, tok, renderer, examples, persona=cand.persona, named=named)
+        selection = response_selection(model, tok, renderer, examples, persona=cand.persona, named=named, sets=choices)
         replies = []
         for i, ex in enumerate(examples):
             msgs = [m for m in ex.messages if cand.persona or m["role"] != "system"]
@@ -131,22 +173,26 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
             # would give every reply the same random draws and make the replies of one model alike
             replies.append(generate(model, tok, renderer, msgs, settings, character, names, named, seed=seed + i, samples=samples))
             if progress:
-                progress(cand.label, i + 1, len(examples))
-        rows.append(Row.scored(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, replies, judge))
-    # The judge's own yardsticks on the held-out episodes: how often it accepts the character's real lines, and
-    # how often it mistakes the other speakers' lines for the character's.
-    references = [Row.scored("real lines (reference)", "script", True, False, float("nan"), [[ex.messages[-1]["content"]] for ex in held_out], judge)]
-    _, others = split_lines(held_out, held_out[0].speaker or None)
+                progress(cand.label, i + 1, len(contexts))
+        row = Row.scored(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, replies, judge, real_score)
+        row.hits_at_1, row.mrr = selection.hits_at_1, selection.mrr
+        rows.append(row)
+    # The judge's own yardsticks on the test split: the character's real lines (ratio 1 by definition), and
+    # the other speakers' lines it would mistake for the character's.
+    references = [Row.scored("real lines (reference)", "script", True, False, NAN, real, judge, real_score)]
+    _, others = split_lines(contexts, speaker)
     if others:
-        references.append(Row.scored("other speakers (reference)", "script", True, False, float("nan"), [[line] for line in others], judge))
-    write_report(out_dir, character, held_out, rows, references)
+        references.append(Row.scored("other speakers (reference)", "script", True, False, NAN, [[line] for line in others], judge, real_score))
+    write_report(out_dir, character, contexts, rows, references, quality, scored)
     return rows
 
 
-def write_report(out_dir: Path, character: str, examples, rows: list[Row], references: list[Row]) -> None:
+def write_report(out_dir: Path, character: str, examples, rows: list[Row], references: list[Row], quality: JudgeQuality, scored: HeldOut) -> None:
     from charbot.eval.report import chart, markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
     chart(rows, references, out_dir / "comparison.png", character)
-    (out_dir / "report.md").write_text(markdown(character, examples, rows, references), encoding="utf-8")
-    (out_dir / "results.json").write_text(json.dumps([asdict(r) for r in rows + references], indent=2) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(markdown(character, examples, rows, references, quality, scored), encoding="utf-8")
+    results = {"split": scored.split, "note": scored.note, "contexts": len(examples), "judge": asdict(quality),
+               "models": [asdict(r) for r in rows + references]}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -23,6 +23,7 @@ from pathlib import Path
 from charbot.persona import CardData, CharacterCard
 from charbot.prepare.lore_draft import LoreLines, NameFinder, key_of, vocative
 from charbot.prepare.signature import DOC_MIN_LINES, NgramStats
+from charbot.prepare.splits import Where
 from charbot.prepare.style import Habits, compare, is_real_line, words_of
 
 MAX_LINES_PER_SPEAKER = 5000
@@ -46,6 +47,7 @@ class DraftLine:
     before: str  # the speaker of the line just before, in the same episode ("" when it opens it)
     before_text: str
     enters: bool  # the speaker's first line in the episode (or scene)
+    where: Where  # which split's unit it is in (splits.py)
 
 
 class LineSpool:
@@ -59,7 +61,8 @@ class LineSpool:
     def add(self, line: DraftLine) -> None:
         if self.kept[line.speaker] < MAX_LINES_PER_SPEAKER:
             self.kept[line.speaker] += 1
-            self._fh.write(json.dumps([line.episode, line.speaker, line.text, line.before, line.before_text, line.enters], ensure_ascii=False) + "\n")
+            fields = [line.episode, line.speaker, line.text, line.before, line.before_text, line.enters, line.where.to_list()]
+            self._fh.write(json.dumps(fields, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         self._fh.close()
@@ -68,7 +71,8 @@ class LineSpool:
         self.close()
         with self.path.open(encoding="utf-8") as fh:
             for text in fh:
-                yield DraftLine(*json.loads(text))
+                *fields, where = json.loads(text)
+                yield DraftLine(*fields, Where.from_list(where))
 
 
 class _Best:
@@ -105,14 +109,14 @@ class CardDrafts:
         self.openers = {t: _Best(12) for t in targets}
         self.lore: LoreLines | None = None
 
-    def run(self, spool: LineSpool, keep: Callable[[str], bool]) -> None:
-        """Two passes over the spooled lines of the episodes `keep` accepts: count, then choose."""
+    def run(self, spool: LineSpool, keep: Callable[[DraftLine], bool]) -> None:
+        """Two passes over the spooled lines that `keep` accepts (the training split's): count, then choose."""
         for line in spool:
-            if keep(line.episode):
+            if keep(line):
                 self._count(line, words_of(line.text))
         self.lore = LoreLines(self.names.recurring(), self.names)
         for line in spool:
-            if keep(line.episode):
+            if keep(line):
                 self._choose(line, words_of(line.text))
 
     def _count(self, line: DraftLine, words: list[str]) -> None:

@@ -30,6 +30,11 @@ class Columns:
     line: int
     episode: tuple[int, ...] = ()
     names: tuple[str, ...] = ()
+    scene: int | None = None  # which of `episode` is a scene column: the episode itself is the rest
+
+    @property
+    def whole_episode(self) -> tuple[int, ...]:
+        return tuple(i for i in self.episode if i != self.scene)
 
     def describe(self) -> str:
         ep = "+".join(self.names[i] or f"#{i + 1}" for i in self.episode) or "(none: empty rows split scenes)"
@@ -189,9 +194,11 @@ def detect_columns(path: Path, header: list[str], *, speaker_col=None, line_col=
         )
     if speaker == line:
         raise ScriptError(f"{path}:1", "the speaker and line columns are the same column", "pass different --speaker-col and --line-col")
+    scene = None
     if episode_col is not None:
         episode: tuple[int, ...] = (_pick(header, episode_col, (), path, "--episode-col"),)
     else:
         parts = [_pick(header, None, SEASON_NAMES, path, ""), _pick(header, None, EPISODE_NAMES, path, ""), _pick(header, None, SCENE_NAMES, path, "")]
         episode = tuple(p for p in parts if p is not None and p not in (speaker, line))
-    return Columns(speaker, line, episode, tuple(h.strip() for h in header))
+        scene = parts[2] if parts[2] in episode else None
+    return Columns(speaker, line, episode, tuple(h.strip() for h in header), scene)

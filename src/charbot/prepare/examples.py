@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from charbot.prepare.splits import Where
 from charbot.rendering import merged_turns, speaker_text
-
-SPLITS = ("train", "val")
-
 
 @dataclass(frozen=True)
 class Line:
@@ -69,60 +66,65 @@ def wide_header(n: int) -> list[str]:
     return ["response", "context", *(f"context/{i}" for i in range(n - 1))]
 
 
-def val_score(episode: str) -> float:
-    """Stable across runs, machines and Python versions (unlike hash())."""
-    return int.from_bytes(hashlib.sha256(episode.encode("utf-8")).digest()[:8], "big") / 2**64
-
-
-class Splits:
-    """The one place that decides which split an episode belongs to.
-
-    An episode is held out when its score falls under the validation fraction. Over `episodes` (those with the
-    character's examples), neither split may come out empty: with two or more of them and a fraction above 0,
-    the episode nearest the boundary crosses over; a single episode always trains.
-    """
-
-    def __init__(self, episodes: Iterable[str], val_fraction: float):
-        self.val_fraction = val_fraction
-        self.of = {e: self._by_score(e) for e in episodes}
-        nearest = sorted(self.of, key=lambda e: (val_score(e), e))
-        if len(self.of) < 2:
-            self.of = dict.fromkeys(self.of, "train")
-        elif val_fraction > 0 and "val" not in self.of.values():
-            self.of[nearest[0]] = "val"
-        elif "train" not in self.of.values():
-            self.of[nearest[-1]] = "train"
-
-    def _by_score(self, episode: str) -> str:
-        return "val" if val_score(episode) < self.val_fraction else "train"
-
-    def __call__(self, episode: str) -> str:
-        # An episode without the character's examples goes by its score alone, so --cast takes nothing held out.
-        return self.of.get(episode) or self._by_score(episode)
-
-    def episodes(self, split: str) -> list[str]:
-        return [e for e, s in self.of.items() if s == split]
-
-
 class Spool:
-    """Examples parked in a scratch JSONL file until the pass is over and it is known where each one goes."""
+    """Examples parked in a scratch JSONL file until the pass is over and it is known where each one goes.
+
+    Each record also keeps where its line sits and the lines before it, so an example can be rebuilt with a
+    shorter context once the units of the split are known (splits.py); neither is written to the outputs."""
 
     def __init__(self, path: Path):
         self.path = path
         self._fh = path.open("w", encoding="utf-8", newline="\n")
 
-    def add(self, messages: list[dict], target: Line) -> None:
-        self._fh.write(example_record(messages, target) + "\n")
+    def add(self, messages: list[dict], target: Line, before: list[Line], where: Where) -> None:
+        record = json.loads(example_record(messages, target))
+        record[_BEFORE] = [[line.speaker, line.text, line.line_no, line.words] for line in before]
+        record[_WHERE] = where.to_list()
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         self._fh.close()
 
-    def __iter__(self) -> Iterator[tuple[str, dict]]:
-        """Each example as its JSONL line (newline included) and the parsed record."""
+    def __iter__(self) -> Iterator[Spooled]:
         self.close()
         with self.path.open(encoding="utf-8", newline="\n") as fh:
             for text in fh:
-                yield text, json.loads(text)
+                yield Spooled(json.loads(text))
+
+
+_BEFORE, _WHERE = "_before", "_where"
+
+
+class Spooled:
+    """One spooled example: its record as `prepare` writes it, where it sits, and the lines before it."""
+
+    def __init__(self, record: dict):
+        self.before = [Line(s, t, record["episode"], n, w) for s, t, n, w in record.pop(_BEFORE)]
+        self.where = Where.from_list(record.pop(_WHERE))
+        self.record = record
+
+    @property
+    def episode(self) -> str:
+        return self.record["episode"]
+
+    def text(self) -> str:
+        """The record's JSONL line, newline included."""
+        return json.dumps(self.record, ensure_ascii=False) + "\n"
+
+    def cut_before(self, keep) -> Spooled | None:
+        """The example with only the context lines `keep(line)` accepts; None when no other speaker is left
+        in it to answer. Unchanged (the same object) when every line is kept."""
+        kept = [line for line in self.before if keep(line)]
+        if len(kept) == len(self.before):
+            return self
+        msgs = self.record["messages"]
+        target = Line(self.record["speaker"], msgs[-1]["content"], self.episode, self.record["source_line"], 0)
+        messages = to_messages(msgs[0]["content"], self.record["speaker"], kept, target)
+        if messages is None:
+            return None
+        cut = Spooled({**self.record, "messages": messages, _BEFORE: [], _WHERE: self.where.to_list()})
+        cut.before = kept
+        return cut
 
 
 class ContextWindow:

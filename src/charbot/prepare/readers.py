@@ -27,7 +27,8 @@ class RawRow:
     line_no: int
     speaker: str
     text: str
-    episode: str
+    episode: str  # every episode column, scene included: the lines of one such key are one conversation
+    whole_episode: str = ""  # the episode without its scene
 
 
 @dataclass
@@ -134,7 +135,7 @@ def iter_rows(src: ScriptSource, on_read: Callable[[int], None] | None = None) -
                     raise ScriptError(f"{src.path}:{line_no}", f"row has {len(row)} fields but the header has {width}", fix)
                 yield RawRow(
                     line_no, row[cols.speaker], row[cols.line],
-                    " | ".join(row[i].strip() for i in cols.episode) if cols.episode else "",
+                    " | ".join(row[i].strip() for i in cols.episode), " | ".join(row[i].strip() for i in cols.whole_episode),
                 )
         except csv.Error as exc:
             if quote_left_open(src.path, src.dialect, start):

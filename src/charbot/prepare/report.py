@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from charbot.prepare.clean import Row
+from charbot.prepare.splits import SPLITS
 
 
 @dataclass
@@ -26,14 +27,18 @@ class PrepareReport:
     character_rows_raw: int = 0  # rows credited to the character before cleaning dropped any
     character_lines: int = 0
     character_episodes: int = 0
-    examples: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    examples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     skipped: dict[str, int] = field(default_factory=dict)
-    episodes_split: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
-    val_episodes: list[str] = field(default_factory=list)
-    words: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    split_unit: str = "episode"  # what was split whole: episode, scene or block (splits.py)
+    split_by: str = ""  # the same, in words, with why
+    units_split: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    episodes_split: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))  # episodes with examples in each
+    held_out: dict[str, list[str]] = field(default_factory=dict)  # the val and test units (first 100)
+    words: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     cast: dict[str, int] = field(default_factory=dict)  # other speakers' examples added to train (--cast)
     context: int = 7
     val_fraction: float = 0.1
+    test_fraction: float = 0.1
     card: str = ""
     notes: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
@@ -71,12 +76,13 @@ class PrepareReport:
         t.add_row("speakers / episodes", f"{self.speakers:,} / {self.episodes:,}")
         t.add_row("top speakers", ", ".join(f"{n} ({c:,})" for n, c in self.top_speakers[:6]))
         t.add_row(f"{self.character}'s lines", f"{self.character_lines:,} kept of {self.character_rows_raw:,} rows, in {self.character_episodes:,} episodes")
-        ex = self.examples
-        t.add_row("examples", f"train {ex['train']:,} ({self.episodes_split['train']} ep) / val {ex['val']:,} ({self.episodes_split['val']} ep)")
+        ex, units = self.examples, self.units_split
+        t.add_row("split by", self.split_by)
+        t.add_row("examples", " / ".join(f"{s} {ex[s]:,} ({units[s]} {self.split_unit}{'s' if units[s] != 1 else ''})" for s in SPLITS))
         for reason, n in sorted(self.skipped.items()):
             t.add_row(f"  skipped: {reason}", f"{n:,}")
         tok = self.approx_tokens
-        t.add_row("tokens (≈1.3×words)", f"train {tok['train']:,} / val {tok['val']:,}")
+        t.add_row("tokens (≈1.3×words)", " / ".join(f"{s} {tok[s]:,}" for s in SPLITS))
         if self.cast:
             c = self.cast
             t.add_row("cast (train only)", f"{c['examples']:,} examples of {c['speakers']} other speakers with ≥{c['min_lines']} lines, "
@@ -102,8 +108,8 @@ class Tally:
     episodes: set[str] = field(default_factory=set)
     character_episodes: set[str] = field(default_factory=set)
     episode_examples: Counter[str] = field(default_factory=Counter)  # the character's, in order of the first one
-    examples: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
-    words: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    examples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    words: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     cast: dict[str, int] = field(default_factory=dict)
 
     def row(self, row: Row, is_char: bool) -> None:

@@ -17,6 +17,7 @@ from aiohttp import web
 from charbot.config import Settings
 from charbot.engine import Engine, Reply
 from charbot.health import add_health_routes
+from charbot.memory import MemoryStoreError
 from charbot.persona import CharacterCard
 from charbot.serve.characters import Characters
 from charbot.serve.completions import chat_completions
@@ -83,6 +84,7 @@ class ServeApp:
             # requests the local model is working on: 0 once a client that went away has been dropped
             "backend_active": getattr(backend, "active", None),
             "memory": self.engine.memory_status,
+            "memory_store": self.engine.store.location,
             "queue_depth": gate.depth,
             "inflight": gate.inflight,
             "capacity": gate.capacity,
@@ -102,12 +104,12 @@ class ServeApp:
         """Seconds until a slot is likely free: about one reply's time."""
         return max(1, min(60, math.ceil(self._typical_seconds)))
 
-    def conversation_key(self, model_id: str, card: CharacterCard, conversation: str) -> str:
+    async def conversation_key(self, model_id: str, card: CharacterCard, conversation: str) -> str:
         """The memory key of a named conversation with one character (its id is chosen by the client, and
         the same id with another character is another conversation)."""
         key = _memory_key(model_id, conversation)
-        if self.engine.store.get_persona(key) != card.name:
-            self.engine.set_persona(key, card.name)
+        if await self.engine.store.get_persona(key) != card.name:
+            await self.engine.set_persona(key, card.name)
         return key
 
     # --- middleware ----------------------------------------------------------------------------------
@@ -167,5 +169,8 @@ class ServeApp:
     async def _forget(self, request: web.Request) -> web.Response:
         """Forget a named conversation, with every character (the page's reset)."""
         conversation = request.match_info["conversation"]
-        forgotten = sum(self.engine.reset(_memory_key(m, conversation)) for m in self.characters.by_id)
+        try:
+            forgotten = sum([await self.engine.reset(_memory_key(m, conversation)) for m in self.characters.by_id])
+        except MemoryStoreError:
+            raise ApiError(503, "conversation memory is unavailable; retry later", type="server_error", code="memory_unavailable") from None
         return web.json_response({"id": conversation, "object": "conversation.deleted", "deleted": True, "messages": forgotten})

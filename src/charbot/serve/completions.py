@@ -146,7 +146,7 @@ async def chat_completions(api: ServeApp, request: web.Request) -> web.StreamRes
             reply = await api.engine.ask(text, speaker=speaker, persona=card, history=history, settings=settings, on_update=answer.on_update)
             await answer.deliver(reply)
         else:
-            key = api.conversation_key(model_id, card, named)
+            key = await api.conversation_key(model_id, card, named)
             reply = await api.engine.reply(key, text, speaker=speaker, settings=settings, on_update=answer.on_update, deliver=answer.deliver)
     except (asyncio.CancelledError, ConnectionResetError) as exc:
         api.metrics.cancelled.inc()  # the client went away: the generation was dropped with the handler

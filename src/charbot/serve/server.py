@@ -57,6 +57,7 @@ async def run(settings: Settings, key: str | None, *, on_listening: Callable[[st
     stop = asyncio.Event()
     runner, tasks = None, ()
     try:
+        await engine.store.open()  # a wrong memory_url fails now, before the port is taken
         # handler_cancellation: a client that disconnects cancels its handler, and with it the generation
         runner, port = await listen(api.app, s.host, s.port, what="charbot serve", port_setting="serve_port",
                                     handler_cancellation=True, shutdown_timeout=SHUTDOWN_SECONDS)
@@ -85,4 +86,4 @@ async def run(settings: Settings, key: str | None, *, on_listening: Callable[[st
         if runner is not None:
             await runner.cleanup()
         await engine.backend.aclose()
-        engine.store.close()
+        await engine.store.close()

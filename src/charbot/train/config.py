@@ -30,16 +30,16 @@ class TrainConfig:
     prompt_format: str = opt("auto", "chat: the model's chat template with the persona as system message; dialogpt: turns joined by EOS (the tutorial's format); auto: chat when the tokenizer has a template.", ("auto", "chat", "dialogpt"))
     no_system: bool = opt(False, "Drop the persona system message from training examples (the model must learn the character from the lines alone).")
     loss_on: str = opt("last", "all: every assistant message in an example (the character's earlier lines in its context too); last: only the example's own line. prepare's examples overlap, so with 'all' a line is trained on again in the examples that follow it.", ("all", "last"))
-    name_replies: bool = opt(False, "Show the character's turns as 'Name: line', like the other speakers' (and like the Discord prompt); the name is context, not loss.")
-    cast_first: bool = opt(False, "With `prepare --cast` data: train on the other speakers' examples first, then on the character's own, each phase for --epochs (or --max-steps) with its own warm-up and decay. The cast teaches the show's words; the character's own pass, last, sets the voice.")
+    name_replies: bool | None = opt(None, "Show the character's turns as 'Name: line', like the other speakers' (and like the Discord prompt); the name is context, not loss. Default: chosen from the data (on with --cast data).")
+    cast_first: bool | None = opt(None, "Default: chosen from the data (on when it has other speakers' examples). With `prepare --cast` data: train on the other speakers' examples first, then on the character's own, each phase for --epochs (or --max-steps) with its own warm-up and decay. The cast teaches the show's words; the character's own pass, last, sets the voice.")
     max_length: int = opt(256, "Longest training example in tokens; older context turns are dropped first to fit.")
     batching: str = opt("bucketed", "bucketed: batches of similar-length examples, little padding (fastest on CPU); packed: examples concatenated padding-free, kept apart by position_ids (best with flash-attention on GPU); padded: fixed-length padded blocks (the tutorial's recipe, for comparison).", ("bucketed", "packed", "padded"))
-    epochs: float = opt(2.0, "Passes over the training data.")
-    character_epochs: float | None = opt(None, "With --cast-first: passes over the character's own examples in the second phase (default: --epochs).")
+    epochs: float | None = opt(None, "Passes over the training data (with --cast-first: over the cast). Default: chosen from the data.")
+    character_epochs: float | None = opt(None, "With --cast-first: passes over the character's own examples in the second phase. Default: chosen from the data (else --epochs).")
     max_steps: int = opt(-1, "Stop after this many optimizer steps (overrides --epochs when > 0).")
     batch_size: int = opt(8, "Examples per device per step.")
     grad_accum: int = opt(1, "Steps to accumulate gradients over before an optimizer update.")
-    learning_rate: float = opt(5e-5, "Peak learning rate (LoRA usually wants ~10x more).")
+    learning_rate: float | None = opt(None, "Peak learning rate (LoRA usually wants ~10x more). Default: chosen from the data.")
     warmup_ratio: float = opt(0.05, "Fraction of steps spent warming the learning rate up.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     seed: int = opt(42, "Random seed (shuffling, dropout, LoRA init).")
@@ -58,8 +58,8 @@ class TrainConfig:
             (self.max_length >= 16, "max_length", "must be at least 16"),
             (self.batch_size >= 1, "batch_size", "must be at least 1"),
             (self.grad_accum >= 1, "grad_accum", "must be at least 1"),
-            (self.learning_rate > 0, "learning_rate", "must be positive"),
-            (self.epochs > 0 or self.max_steps > 0, "epochs", "must be positive (or set --max-steps)"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate", "must be positive"),
+            (self.epochs is None or self.epochs > 0 or self.max_steps > 0, "epochs", "must be positive (or set --max-steps)"),
             (self.character_epochs is None or self.character_epochs > 0, "character_epochs", "must be positive"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)"),
             (self.lora_r >= 1, "lora_r", "must be at least 1"),

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from charbot.errors import ConfigError, ModelError
 from charbot.persona import load_card, save_card
-from charbot.train import outputs
+from charbot.train import outputs, recipe
 from charbot.train.config import TrainConfig
 from charbot.dataset import load_prepared
 from charbot.models import resolve_base
@@ -30,6 +31,8 @@ class TrainResult:
     output_dir: Path
     metrics: dict
     log_history: list[dict]
+    written: bool = True  # False in the other processes of a distributed run: only the main one writes
+    rank: int = 0
 
 
 def load_base(base: str):
@@ -76,7 +79,12 @@ def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool, epoch
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
+    # Launched as several processes on CPUs (`accelerate launch --multi_gpu --num_processes N` or torchrun):
+    # without use_cpu the Trainer sees no device to spread over and every process trains alone, all of them
+    # then writing the output; with it, accelerate joins them in one DDP run over gloo.
+    cpu_ddp = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return TrainingArguments(
+        **({"use_cpu": True, "ddp_backend": "gloo"} if cpu_ddp else {}),
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
         max_steps=cfg.max_steps,
@@ -159,6 +167,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_ex, val_ex, persona_path = load_prepared(cfg.data)
     card = load_card(persona_path) if persona_path else None  # a bad card fails now, not after training
     character = train_ex[0].speaker or (card.name if card else "the character")
+    cfg, chosen = recipe.choose(cfg, train_ex, character)
     phases = training_phases(cfg, train_ex, character)
     base = resolve_base(cfg.base_model)
     model, tokenizer = load_base(base)
@@ -205,21 +214,25 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss_sum += loss * trainer.state.global_step
         model = trainer.model
     metrics.update(train_loss=loss_sum / steps if steps else float("nan"), train_runtime_s=runtime, steps=steps,
-                   useful_tokens_per_s=round(rate.tokens_per_second, 1), useful_tokens=rate.train_tokens)
+                   useful_tokens_per_s=round(rate.tokens_per_second, 1), useful_tokens=rate.train_tokens,
+                   # epochs of the last phase: over N data-parallel processes each step covers N batches
+                   epoch=round(float(trainer.state.epoch or 0.0), 4),
+                   loss_curve=[[h["step"], h["loss"]] for h in history if "loss" in h])
     if val_ds is not None:
         metrics["val_loss"] = trainer.evaluate()["eval_loss"]
         metrics["val_perplexity"] = math.exp(metrics["val_loss"])
     if not trainer.is_world_process_zero():
-        return TrainResult(out, metrics, history)
+        return TrainResult(out, metrics, history, written=False, rank=trainer.args.process_index)
 
     # 4. one directory charbot chat/discord can load
     if cfg.method == "lora":
         model = model.merge_and_unload()  # plain weights: no peft needed to serve it
-    save_outputs(out, model, tokenizer, cfg, metrics, history, persona_path, character)
+    save_outputs(out, model, tokenizer, cfg, metrics, history, persona_path, character, chosen)
     return TrainResult(out, metrics, history)
 
 
-def save_outputs(out: Path, model, tokenizer, cfg: TrainConfig, metrics: dict, history: list[dict], persona_path, character: str) -> None:
+def save_outputs(out: Path, model, tokenizer, cfg: TrainConfig, metrics: dict, history: list[dict], persona_path, character: str,
+                 chosen: dict[str, str] | None = None) -> None:
     """Write everything into a hidden staging folder, then move it in: a crash never leaves half a model."""
     out.mkdir(parents=True, exist_ok=True)
     stage = out / ".saving"
@@ -234,6 +247,7 @@ def save_outputs(out: Path, model, tokenizer, cfg: TrainConfig, metrics: dict, h
     elif persona_path is not None:  # a PNG or CHARX card: serving finds persona.json beside the model
         save_card(load_card(persona_path), stage / "persona.json")
     config = cfg.to_dict()
+    config["chosen_from_data"] = chosen or {}  # the settings nobody gave, and why each was chosen (recipe.py)
     (stage / "training_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     outputs.write_metrics(stage / "metrics.json", metrics)
     outputs.plot_losses(history, stage / "loss.png", f"{character}: fine-tuning {metrics['base_model']}")

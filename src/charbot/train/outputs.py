@@ -57,8 +57,10 @@ def _fmt(v) -> str:
 
 
 def model_card(character: str, base: str, config: dict, metrics: dict) -> str:
-    settings = "\n".join(f"| `{k}` | {_fmt(v)} |" for k, v in sorted(config.items()) if k not in ("push_to_hub", "progress"))
-    shown = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if k != "phases")
+    chosen = config.get("chosen_from_data", {})
+    settings = "\n".join(f"| `{k}` | {_fmt(v)}{' (chosen from the data: ' + chosen[k] + ')' if k in chosen else ''} |"
+                         for k, v in sorted(config.items()) if k not in ("push_to_hub", "progress", "chosen_from_data"))
+    shown = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if k not in ("phases", "loss_curve"))
     phases = "".join(f"\nPhase {i}, {p['phase']}: {p['examples']} examples, {p['steps']} steps, training loss {_fmt(p['train_loss'])}."
                      for i, p in enumerate(metrics.get("phases", []), 1))
     if phases:
@@ -88,7 +90,7 @@ top-p 0.7, no repeated 3-grams.
 ## Data
 
 Training examples: {metrics.get("train_examples", "?")}, validation examples: {metrics.get("val_examples", "?")}
-(split by episode, so validation scenes were never seen in training).
+(split by whole episodes, scenes or blocks, so validation lines were never seen in training).
 {phases}
 ## Metrics
 

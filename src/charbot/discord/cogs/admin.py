@@ -15,7 +15,7 @@ from charbot.discord.replying import no_pings
 from charbot.discord.split import split_message
 from charbot.cards import MAX_FILE_BYTES, parse_card_bytes
 from charbot.errors import BackendError, BusyError, PersonaError
-from charbot.memory import MemoryStoreError
+from charbot.memory import MemoryStoreError, MemoryUnavailable
 from charbot.persona import CharacterCard
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REFUSED = "You can't use me here."
 MEMORY_DOWN = "My memory can't be changed right now (the server's storage is failing); please tell the bot's operator."
+MEMORY_UNREADABLE = "My memory isn't reachable right now; please try again in a moment."
 
 
 def interaction_facts(interaction: discord.Interaction) -> MessageFacts:
@@ -50,7 +51,7 @@ class AdminCog(commands.Cog):
         self.engine.memory_status = f"error: {exc}"
         self.bot.metrics.errors.labels("memory").inc()
         log.error("%s failed: %s", interaction.command.name if interaction.command else "command", exc)
-        await interaction.response.send_message(MEMORY_DOWN, ephemeral=True)
+        await interaction.response.send_message(MEMORY_UNREADABLE if isinstance(exc, MemoryUnavailable) else MEMORY_DOWN, ephemeral=True)
 
     async def _refused(self, interaction: discord.Interaction) -> bool:
         """Slash commands obey the same allow/block lists (and the DM switch) as messages."""
@@ -70,7 +71,7 @@ class AdminCog(commands.Cog):
             await interaction.response.send_message("Only members with Manage Messages can reset this channel.", ephemeral=True)
             return
         try:
-            forgotten = self.engine.reset(conversation_id(interaction.channel_id))
+            forgotten = await self.engine.reset(conversation_id(interaction.channel_id))
         except MemoryStoreError as exc:
             await self._memory_failed(interaction, exc)
             return
@@ -85,7 +86,11 @@ class AdminCog(commands.Cog):
         if await self._refused(interaction):
             return
         conversation = conversation_id(interaction.channel_id)
-        current = self.engine.persona_for(conversation).name
+        try:
+            current = (await self.engine.persona_for(conversation)).name
+        except MemoryStoreError as exc:
+            await self._memory_failed(interaction, exc)
+            return
         names = ", ".join(sorted(self.engine.personas))
         if not name and card is None:
             await interaction.response.send_message(f"Talking as **{current}**. Characters: {names}.", ephemeral=True)
@@ -101,7 +106,7 @@ class AdminCog(commands.Cog):
                 await interaction.response.send_message(f"That card can't be used: {exc}. Still talking as **{current}**.", ephemeral=True)
                 return
         try:
-            chosen = self.engine.set_persona(conversation, target)
+            chosen = await self.engine.set_persona(conversation, target)
         except KeyError:
             await interaction.response.send_message(f"No character called {name!r}. Characters: {names}.", ephemeral=True)
             return
@@ -138,7 +143,11 @@ class AdminCog(commands.Cog):
             return
         bot = self.bot
         started = time.perf_counter()
-        persona = self.engine.persona_for(conversation_id(interaction.channel_id))  # this channel's character
+        try:
+            persona = await self.engine.persona_for(conversation_id(interaction.channel_id))  # this channel's character
+        except MemoryStoreError as exc:
+            await self._memory_failed(interaction, exc)
+            return
         await interaction.response.defer(thinking=True)
         try:
             reply = await self.engine.ask(question, speaker=interaction.user.display_name, persona=persona)

@@ -1,4 +1,4 @@
-"""/cast list|add|remove: which characters of the cast speak in this channel (kept in the memory file, so a
+"""/cast list|add|remove: which characters of the cast speak in this channel (kept in the memory store, so a
 restart keeps it). Changing it is for members with Manage Channels."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from charbot.discord.cogs.admin import MEMORY_DOWN, REFUSED, interaction_facts
+from charbot.discord.cogs.admin import MEMORY_DOWN, MEMORY_UNREADABLE, REFUSED, interaction_facts
 from charbot.discord.policy import conversation_id, permitted
-from charbot.memory import MemoryStoreError
+from charbot.memory import MemoryStoreError, MemoryUnavailable
 
 if TYPE_CHECKING:
     from charbot.discord.bot import CharBot
@@ -37,6 +37,11 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
             return True
         return False
 
+    async def _memory_failed(self, interaction: discord.Interaction, exc: MemoryStoreError) -> None:
+        self.bot.metrics.errors.labels("memory").inc()
+        log.error("/cast failed: %s", exc)
+        await interaction.response.send_message(MEMORY_UNREADABLE if isinstance(exc, MemoryUnavailable) else MEMORY_DOWN, ephemeral=True)
+
     def _listing(self, active: list[str]) -> str:
         cast = self.scenes.cast
         benched = [n for n in cast.names if n not in active]
@@ -51,7 +56,11 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
         if character is None:
             await interaction.response.send_message(f"No character called {name!r} in the cast. Characters: {', '.join(cast.names)}.", ephemeral=True)
             return
-        active = self.scenes.active(interaction.channel)
+        try:
+            active = await self.scenes.active(interaction.channel)
+        except MemoryStoreError as exc:
+            await self._memory_failed(interaction, exc)
+            return
         if adding and character.name in active:
             await interaction.response.send_message(f"**{character.name}** is already here.", ephemeral=True)
             return
@@ -63,12 +72,10 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
             return
         names = [n for n in cast.names if (n in active) != (n == character.name)]  # in the cast's order
         try:
-            self.bot.engine.store.set_channel_cast(conversation_id(interaction.channel_id), names)
+            await self.bot.engine.set_channel_cast(conversation_id(interaction.channel_id), names)
         except MemoryStoreError as exc:
             self.bot.engine.memory_status = f"error: {exc}"
-            self.bot.metrics.errors.labels("memory").inc()
-            log.error("/cast failed: %s", exc)
-            await interaction.response.send_message(MEMORY_DOWN, ephemeral=True)
+            await self._memory_failed(interaction, exc)
             return
         self.bot.metrics.replies.labels("cast").inc()
         verb = "joins" if adding else "leaves"
@@ -78,7 +85,12 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
     async def list_(self, interaction: discord.Interaction) -> None:
         if await self._refused(interaction, changes=False):
             return
-        await interaction.response.send_message(self._listing(self.scenes.active(interaction.channel)), ephemeral=True)
+        try:
+            active = await self.scenes.active(interaction.channel)
+        except MemoryStoreError as exc:
+            await self._memory_failed(interaction, exc)
+            return
+        await interaction.response.send_message(self._listing(active), ephemeral=True)
 
     @app_commands.command(name="add", description="Bring a character of the cast into this channel.")
     @app_commands.describe(name="The character")

@@ -15,6 +15,7 @@ from charbot.discord.policy import MessageFacts, conversation_id, should_answer,
 from charbot.discord.replying import StreamedReply, send_reply
 from charbot.discord.speakers import author_character, called_by_name
 from charbot.errors import BackendError, BusyError
+from charbot.memory import MemoryStoreError
 from charbot.scheduler import DeadlineExceeded
 
 if TYPE_CHECKING:
@@ -121,6 +122,11 @@ class ChatCog(commands.Cog):
         except BackendError as exc:
             bot.metrics.errors.labels("backend").inc()
             log.warning("generation failed in %s: %s", conversation, exc)
+            await self._say(message, exc.user_message)
+            return
+        except MemoryStoreError as exc:  # the conversation could not be read: nothing was generated
+            bot.metrics.errors.labels("memory").inc()
+            log.warning("memory unreadable for %s: %s", conversation, exc)
             await self._say(message, exc.user_message)
             return
         except discord.HTTPException as exc:

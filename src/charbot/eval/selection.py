@@ -1,0 +1,108 @@
+"""Response selection, as in ConvAI2 / PersonaChat: for each held-out context, the real reply among 19
+distractors, ranked by the model; hits@1/20 (the real reply ranked first) and MRR (mean of 1 / its rank).
+
+A catchphrase cannot win it: the model must prefer, for this context, the line the character actually said
+over other lines of the character's from elsewhere in the test split.
+
+Distractors are other test replies of the character (then, if those run short, other speakers' lines from
+test contexts), never from the same conversation (episode or scene) nor within `NEAR_ROWS` rows of the
+reply, drawn with a fixed seed per context. Each candidate is scored by its length-normalised
+log-likelihood given the context: the mean log-probability per token over exactly the tokens perplexity
+scores (the reply and its end-of-turn marker, rendered by the one renderer), so a short line does not win
+by being short.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from charbot.dataset import IGNORE, Example, encode
+from charbot.rendering import Renderer
+
+CANDIDATES = 20
+NEAR_ROWS = 20  # without scene marks, lines this close may be the same exchange going on
+
+
+@dataclass
+class Selection:
+    hits_at_1: float
+    mrr: float
+    contexts: int
+    candidates: int  # per context (fewer than 20 only when the test split is too small to draw from)
+    ranks: list[int]  # the real reply's rank per context, 1 = first
+
+
+def _other_lines(ex: Example) -> list[str]:
+    return [line.partition(": ")[2].strip() for m in ex.messages if m["role"] == "user" for line in m["content"].splitlines() if ": " in line]
+
+
+def _apart(a: Example, b: Example) -> bool:
+    if a.episode != b.episode:
+        return True
+    return bool(a.source_line and b.source_line) and abs(a.source_line - b.source_line) > NEAR_ROWS
+
+
+def candidate_sets(examples: list[Example], n: int = CANDIDATES, seed: int = 0, pool: list[Example] | None = None) -> list[list[str]]:
+    """Per example: its real reply first, then up to n - 1 distractors drawn as the module says, from `pool`
+    (default: the examples themselves; eval passes the whole test split when it scores only some of it)."""
+    pool = examples if pool is None else pool
+    sets = []
+    for i, ex in enumerate(examples):
+        real = ex.messages[-1]["content"]
+        far = [other for other in pool if other is not ex and _apart(ex, other)]
+        own = sorted({o.messages[-1]["content"] for o in far} - {real})
+        rng = random.Random(seed * 1_000_003 + i)  # fixed per context, independent of the model
+        picked = rng.sample(own, min(n - 1, len(own)))
+        if len(picked) < n - 1:
+            others = sorted({line for o in far for line in _other_lines(o) if line} - {real} - set(picked))
+            picked += rng.sample(others, min(n - 1 - len(picked), len(others)))
+        sets.append([real, *picked])
+    return sets
+
+
+def rank_of_first(scores: list[float]) -> int:
+    """Rank of scores[0] among all (1 = best); ties count against it, so a constant scorer gets no credit."""
+    return 1 + sum(s >= scores[0] for s in scores[1:])
+
+
+def summarise(ranks: list[int], candidates: int) -> Selection:
+    n = len(ranks)
+    return Selection(sum(r == 1 for r in ranks) / n if n else float("nan"), sum(1 / r for r in ranks) / n if n else float("nan"),
+                     n, candidates, ranks)
+
+
+def mean_logprobs(model, tokenizer, renderer: Renderer, messages: list[dict], replies: list[str], *, named: str | None = None,
+                  max_length: int = 512) -> list[float]:
+    """Length-normalised log-likelihood of each reply as the last turn of `messages` (one padded batch)."""
+    import torch
+
+    rows = []
+    for reply in replies:
+        ids, labels = encode(tokenizer, renderer, [*messages[:-1], {"role": "assistant", "content": reply}], last_only=True, speaker=named)
+        rows.append((ids[-max_length:], labels[-max_length:]))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
+    targets = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in rows])
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    targets = targets[:, 1:]
+    mask = targets != IGNORE
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    sums = (logp * mask).sum(dim=1)
+    counts = mask.sum(dim=1).clamp(min=1)
+    return [float(x) for x in sums / counts]
+
+
+def response_selection(model, tokenizer, renderer: Renderer, examples: list[Example], *, persona: bool = True, named: bool = False,
+                       seed: int = 0, sets: list[list[str]] | None = None) -> Selection:
+    model.eval()
+    sets = sets if sets is not None else candidate_sets(examples, seed=seed)
+    ranks = []
+    for ex, replies in zip(examples, sets):
+        msgs = [m for m in ex.messages if persona or m["role"] != "system"]
+        scores = mean_logprobs(model, tokenizer, renderer, msgs, replies, named=ex.speaker if named else None)
+        ranks.append(rank_of_first(scores))
+    return summarise(ranks, max(map(len, sets), default=0))

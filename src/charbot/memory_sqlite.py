@@ -1,0 +1,321 @@
+"""Conversation memory in SQLite: one row per turn, schema by named migrations, survives restarts.
+
+WAL mode and one transaction per exchange mean a crash mid-generation loses at most the exchange that was
+being generated, never the file. `SqliteMemory` is the synchronous store; `SqliteStore` is the async store the
+engine uses, running every call on one thread of its own so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from charbot.memory import ConversationRow, MemoryStoreError, MessageRow, Turn
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]):
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+def _statements(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the migration's transaction half-way; run statements one by one instead.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    _statements(
+        db,
+        """
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            persona TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            speaker TEXT,
+            content TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
+        """
+    )
+
+
+@migration
+def m002_message_created_index(db: sqlite3.Connection) -> None:
+    # retention sweeps delete by age
+    db.execute("CREATE INDEX messages_by_created ON messages(created_at)")
+
+
+@migration
+def m003_exchange_ids(db: sqlite3.Connection) -> None:
+    # A retried write (or a second `memory migrate`) stores each turn once: (exchange_id, seq) is unique.
+    # Older rows have NULLs, which never conflict.
+    _statements(
+        db,
+        """
+        ALTER TABLE messages ADD COLUMN exchange_id TEXT;
+        ALTER TABLE messages ADD COLUMN seq INTEGER;
+        CREATE UNIQUE INDEX messages_by_exchange ON messages(exchange_id, seq)
+        """,
+    )
+
+
+@migration
+def m004_channel_cast(db: sqlite3.Connection) -> None:
+    # a channel's active cast (Discord --cast): names in speaking order, as JSON; no row: the whole cast
+    db.execute("CREATE TABLE channel_casts (channel TEXT PRIMARY KEY, names TEXT NOT NULL, updated_at REAL NOT NULL)")
+
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (conversation_id, role, speaker, content, created_at, exchange_id, seq) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (exchange_id, seq) DO NOTHING"
+)
+
+
+class SqliteMemory:
+    """Thread-safe synchronous SQLite store. Calls are short (one indexed query each)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.location = str(path)
+        self._lock = threading.Lock()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise MemoryStoreError(
+                f"memory database {self.path}: {exc}", "check the file, or set CHARBOT_DB_PATH to a new location"
+            ) from None
+        except OSError as exc:
+            raise MemoryStoreError(f"memory database {self.path}: {exc.strerror}", "set CHARBOT_DB_PATH to a writable path") from None
+
+    # --- schema --------------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Apply the migrations not applied yet, each once: BEGIN IMMEDIATE holds the file's write lock, and
+        whether it is applied is read under that lock (another process may have applied it meanwhile)."""
+        with self._lock:
+            self._db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            applied = []
+            for name, fn in MIGRATIONS:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    if self._db.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone() is None:
+                        fn(self._db)
+                        self._db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+                        applied.append(name)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            return applied
+
+    def applied_migrations(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT name FROM _migrations ORDER BY name")]
+
+    # --- conversations -------------------------------------------------------------------------------
+    def add_exchange(self, conversation_id: str, turns: Sequence[Turn], exchange_id: str | None = None) -> None:
+        """Store the user's turn and the reply together: either both are remembered or neither."""
+        now = time.time()
+        rows = [(conversation_id, t.role, t.speaker, t.content, now, exchange_id, i if exchange_id else None) for i, t in enumerate(turns)]
+        self._write(lambda: (self._touch(conversation_id, now), self._db.executemany(INSERT_MESSAGE, rows)))
+
+    def _write(self, work: Callable[[], object]) -> None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                work()
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise self._write_error(exc) from None
+
+    def _write_error(self, exc: BaseException) -> BaseException:
+        """Read-only file, full disk, locked or damaged file: one line for the log and health page.
+        (A constraint or API misuse is a bug in the caller and stays what it is.)"""
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+            return MemoryStoreError(f"memory database {self.path}: cannot save ({exc})", "free disk space and make the file writable")
+        return exc
+
+    def _touch(self, conversation_id: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+            (conversation_id, now, now),
+        )
+
+    def history(self, conversation_id: str, limit: int = 200) -> list[Turn]:
+        """The newest `limit` turns, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT role, content, speaker FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+                (conversation_id, limit),
+            ).fetchall()
+        return [Turn(role, content, speaker) for role, content, speaker in reversed(rows)]
+
+    def reset(self, conversation_id: str) -> int:
+        with self._lock:
+            try:
+                cur = self._db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from None
+            return cur.rowcount
+
+    def get_persona(self, conversation_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT persona FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        return row[0] if row else None
+
+    def set_persona(self, conversation_id: str, persona: str | None) -> None:
+        now = time.time()
+        self._write(lambda: (self._touch(conversation_id, now),
+                             self._db.execute("UPDATE conversations SET persona = ? WHERE id = ?", (persona, conversation_id))))
+
+    # --- a channel's cast (kept apart from conversations: /reset and retention leave it alone) ---------------
+    def channel_cast(self, channel: str) -> list[str] | None:
+        """The character names active in `channel`, in order; None when it was never set."""
+        with self._lock:
+            row = self._db.execute("SELECT names FROM channel_casts WHERE channel = ?", (channel,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_channel_cast(self, channel: str, names: Sequence[str]) -> None:
+        self._write(lambda: self._db.execute(
+            "INSERT INTO channel_casts (channel, names, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(channel) DO UPDATE SET names = excluded.names, updated_at = excluded.updated_at",
+            (channel, json.dumps(list(names)), time.time()),
+        ))
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Forget messages older than the retention window; returns how many were deleted."""
+        cutoff = time.time() - older_than_seconds
+        with self._lock:
+            return self._db.execute("DELETE FROM messages WHERE created_at < ?", (cutoff,)).rowcount
+
+    def cap_messages(self, keep: int) -> int:
+        """Keep only the newest `keep` messages of every conversation; returns how many were deleted."""
+        with self._lock:
+            return self._db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                "(PARTITION BY conversation_id ORDER BY id DESC) AS newer FROM messages) WHERE newer > ?)",
+                (keep,),
+            ).rowcount
+
+    def drop_idle_conversations(self, older_than_seconds: float) -> int:
+        """Forget conversations with no messages left, no persona choice and no activity within the window."""
+        cutoff = time.time() - older_than_seconds
+        with self._lock:
+            return self._db.execute(
+                "DELETE FROM conversations WHERE updated_at < ? AND persona IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.conversation_id = conversations.id)",
+                (cutoff,),
+            ).rowcount
+
+    def count_conversations(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
+
+    def count_messages(self, conversation_id: str | None = None) -> int:
+        with self._lock:
+            if conversation_id is None:
+                return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+            return self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+
+    # --- copying (`charbot memory migrate`) ----------------------------------------------------------
+    def dump_conversations(self) -> list[ConversationRow]:
+        with self._lock:
+            return self._db.execute("SELECT id, persona, created_at, updated_at FROM conversations ORDER BY id").fetchall()
+
+    def dump_messages(self, after_id: int, limit: int) -> list[MessageRow]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT id, conversation_id, role, speaker, content, created_at, exchange_id, seq FROM messages "
+                "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit),
+            ).fetchall()
+
+    def load(self, conversations: Sequence[ConversationRow], messages: Sequence[MessageRow]) -> int:
+        """Insert what is not there yet (messages are keyed by exchange id and seq); returns messages inserted."""
+        inserted = 0
+
+        def work() -> None:
+            nonlocal inserted
+            self._db.executemany("INSERT INTO conversations VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", conversations)
+            for row in messages:
+                inserted += self._db.execute(INSERT_MESSAGE, row[1:]).rowcount
+
+        self._write(work)
+        return inserted
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _delegate(name: str):
+    async def call(self: SqliteStore, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, lambda: getattr(self.sync, name)(*args, **kwargs))
+
+    call.__name__ = name
+    call.__doc__ = getattr(SqliteMemory, name).__doc__
+    return call
+
+
+class SqliteStore:
+    """The async store over `SqliteMemory`: each call runs on the store's one thread (SQLite serialises
+    writers anyway), so the event loop is never blocked. `sync` is the synchronous store itself."""
+
+    def __init__(self, path: str | Path):
+        self.sync = SqliteMemory(path)
+        self.path = self.sync.path
+        self.location = self.sync.location
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="charbot-sqlite")
+
+    async def open(self) -> None:
+        """Nothing to do: the file was opened and migrated when the store was made."""
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self.sync.close)
+        self._thread.shutdown(wait=False)
+
+    applied_migrations = _delegate("applied_migrations")
+    add_exchange = _delegate("add_exchange")
+    history = _delegate("history")
+    reset = _delegate("reset")
+    get_persona = _delegate("get_persona")
+    set_persona = _delegate("set_persona")
+    channel_cast = _delegate("channel_cast")
+    set_channel_cast = _delegate("set_channel_cast")
+    prune = _delegate("prune")
+    cap_messages = _delegate("cap_messages")
+    drop_idle_conversations = _delegate("drop_idle_conversations")
+    count_conversations = _delegate("count_conversations")
+    count_messages = _delegate("count_messages")
+    dump_conversations = _delegate("dump_conversations")
+    dump_messages = _delegate("dump_messages")
+    load = _delegate("load")

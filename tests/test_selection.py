@@ -1,0 +1,104 @@
+"""Response selection (hits@1/20, MRR): a model that memorised the test replies scores 1.0, a random one
+about 0.05, and the distractors come from elsewhere in the test split."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+from charbot.dataset import load_jsonl  # noqa: E402
+from charbot.eval.selection import NEAR_ROWS, candidate_sets, rank_of_first, response_selection, summarise  # noqa: E402
+from train_support import make_tiny_base  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import torch
+
+    from charbot.factory import sample_script_path
+    from charbot.prepare import prepare
+
+    torch.set_num_threads(1)  # a tiny model on a shared machine: more threads only wait on one another
+    root = tmp_path_factory.mktemp("selection")
+    prepare(sample_script_path(), "Orla", root / "data", val_fraction=0.1, test_fraction=0.5)
+    test = load_jsonl(root / "data" / "test.jsonl")
+    assert len(test) >= 30
+    return test, make_tiny_base(root / "base")
+
+
+def test_candidates_are_the_real_reply_and_19_lines_from_elsewhere(setup):
+    test, _ = setup
+    sets = candidate_sets(test, seed=0)
+    assert sets == candidate_sets(test, seed=0) and sets != candidate_sets(test, seed=1)
+    by_reply = {ex.messages[-1]["content"]: ex for ex in test}
+    for ex, cands in zip(test, sets):
+        assert cands[0] == ex.messages[-1]["content"] and len(cands) == len(set(cands)) == 20
+        for c in cands[1:]:
+            other = by_reply.get(c)
+            assert other is not None  # enough of Orla's own test replies: no other speaker's line needed
+            assert other.episode != ex.episode or abs(other.source_line - ex.source_line) > NEAR_ROWS
+
+
+class Memorised:
+    """A language model that learned the test examples by heart: after any prefix of one of them it puts all
+    its probability on that example's next token, and is uniform elsewhere."""
+
+    def __init__(self, sequences: list[list[int]], vocab: int):
+        self.next = {}
+        for seq in sequences:
+            for t in range(len(seq) - 1):
+                self.next.setdefault(tuple(seq[: t + 1]), seq[t + 1])
+        self.vocab = vocab
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask=None):
+        import torch
+
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for b, row in enumerate(input_ids.tolist()):
+            for t in range(len(row)):
+                token = self.next.get(tuple(row[: t + 1]))
+                if token is not None:
+                    logits[b, t, token] = 30.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_a_model_that_memorised_the_test_replies_ranks_each_first(setup):
+    from transformers import AutoTokenizer
+
+    from charbot.dataset import encode
+    from charbot.rendering import Renderer
+
+    test, base = setup
+    tok = AutoTokenizer.from_pretrained(base)
+    renderer = Renderer.for_tokenizer(tok)
+    model = Memorised([encode(tok, renderer, ex.messages, last_only=True)[0] for ex in test], len(tok))
+    result = response_selection(model, tok, renderer, test)
+    assert result.hits_at_1 == 1.0 and result.mrr == 1.0 and result.contexts == len(test) and result.candidates == 20
+    # the same model shown another context's reply as the real one gets no credit
+    shifted = [[s[1], s[0], *s[2:]] for s in candidate_sets(test)]
+    assert response_selection(model, tok, renderer, test, sets=shifted).hits_at_1 == 0.0
+
+
+def test_a_random_model_is_near_chance(setup):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charbot.rendering import Renderer
+
+    test, base = setup
+    tok = AutoTokenizer.from_pretrained(base)
+    result = response_selection(AutoModelForCausalLM.from_pretrained(base), tok, Renderer.for_tokenizer(tok), test)
+    assert result.hits_at_1 <= 0.2 and result.mrr < 0.4  # chance: 0.05 and about 0.18 (mean of 1/k, k = 1..20)
+    rng = random.Random(0)
+    chance = summarise([rank_of_first([rng.random() for _ in range(20)]) for _ in range(4000)], 20)
+    assert chance.hits_at_1 == pytest.approx(0.05, abs=0.01) and chance.mrr == pytest.approx(sum(1 / k for k in range(1, 21)) / 20, abs=0.01)
+
+
+def test_ties_give_the_real_reply_no_credit():
+    assert rank_of_first([1.0] * 20) == 20 and rank_of_first([2.0, 1.0, 1.0]) == 1 and rank_of_first([1.0, 2.0, 0.0]) == 2
