@@ -67,3 +67,46 @@ async def test_cli_refused_intent_is_one_line_with_the_fix(tmp_path):
     errors = [line for line in text.splitlines() if line.startswith("charbot: error:")]
     assert len(errors) == 1 and "Message Content Intent" in errors[0] and "discord.com/developers" in errors[0]
     assert "Traceback" not in text
+
+
+def test_a_bad_card_in_the_cast_is_one_line_before_the_model_loads(tmp_path):
+    from cast_support import card, write_cast
+
+    cast = write_cast(tmp_path / "cast", {"morty": card("Morty")})
+    (cast / "rick.json").write_text("{not json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARBOT_")}
+    env.update(DISCORD_TOKEN=TOKEN, CHARBOT_DB_PATH=str(tmp_path / "m.db"))
+    done = subprocess.run([sys.executable, "-m", "charbot", "discord", "--cast", str(cast)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("charbot: error:") and "rick.json" in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.model
+async def test_cli_cast_answers_as_two_characters_with_the_embedded_model(tmp_path):
+    from cast_support import card, executes, guild_with_webhooks, strict, write_cast
+
+    cast = write_cast(tmp_path / "cast", {"rick": card("Rick", 0.0, personality="a cynical genius scientist"),
+                                          "morty": card("Morty", 0.0, personality="a nervous teenager")})
+    async with FakeDiscord(FakeState(token=TOKEN)) as fake:
+        guild, _, chat, user = guild_with_webhooks(fake.state)
+        args = ("--cast", str(cast), "--scene-turns", "1")
+        env_extra = {"CHARBOT_DISCORD_CHAT_CHANNELS": f"[{chat['id']}]"}
+        env = discord_env(fake, tmp_path, TOKEN, CHARBOT_FALLBACK_REPLY=FALLBACK, **env_extra)
+        async with DiscordCli("--max-new-tokens", "12", "--seed", "7", *args, env=env, cwd=tmp_path) as bot:
+            health = await bot.wait_ready()
+            assert sorted(health["cast"]["characters"]) == ["Morty", "Rick"]
+            await fake.say(chat, user, "Rick, who are you?", guild=guild)
+            await fake.wait_for(lambda: len(executes(fake)) == 1, timeout=60)
+            await fake.say(chat, user, "Morty, and who are you?", guild=guild)
+            await fake.wait_for(lambda: len(executes(fake)) == 2, timeout=60)
+            posts = executes(fake)
+            assert [p.json["username"] for p in posts] == ["Rick", "Morty"]
+            for post in posts:
+                assert post.json["content"] != FALLBACK and len(post.json["content"].split()) >= 2, post.json
+                assert strict(post.json["allowed_mentions"])
+            health = await bot.wait_health(lambda s, b: b["cast"]["characters"]["Morty"]["replies"] == 1, "Morty counted")
+            assert health["cast"]["characters"]["Rick"]["replies"] == 1
+        assert bot.returncode == 0, bot.stderr[-2000:]

@@ -2,6 +2,7 @@ import asyncio
 
 from conftest import ScriptedBackend
 
+from charbot.backends.base import cache_key
 from charbot.engine import Engine
 from charbot.memory_sqlite import SqliteStore
 from charbot.persona import CharacterCard
@@ -149,3 +150,27 @@ async def test_reply_takes_per_call_sampling_and_leaves_room_for_its_tokens(stor
     # a longer reply gets its room: fewer remembered turns fit, and the prompt leaves 200 tokens (+16 slack) free
     assert long.turns_in_prompt < short.turns_in_prompt
     assert short.prompt_tokens > 400 - 200 and long.prompt_tokens <= 400 - 200 - 16
+
+
+def _card(name: str) -> CharacterCard:
+    return CharacterCard.model_validate({"data": {"name": name, "description": f"{name} of the test cast."}})
+
+
+async def test_a_scene_turn_answers_the_last_line_and_other_characters_are_named_speakers(store):
+    """One transcript, several characters: each sees the others' lines as theirs, not its own."""
+    rick, morty = _card("Rick"), _card("Morty")
+    backend = ScriptedBackend(["Morty, the portal gun.", "Aw jeez, okay."])
+    engine = make(backend, store, rick, personas={"Morty": morty})
+    await engine.reply("c", "What now?", speaker="Sam", persona=rick)
+    reply = await engine.follow_up("c", morty)
+    assert reply.persona == "Morty" and reply.text == "Aw jeez, okay."
+    seen = [(m.role, m.content) for m in backend.prompts[-1].messages[1:]]
+    assert seen == [("user", "Sam: What now?\nRick: Morty, the portal gun.")]
+    assert backend.prompts[-1].reply_prefix == "Morty:"
+    assert "\nRick:" in backend.settings[-1].stop and "\nMorty:" in backend.settings[-1].stop
+    # only the character's line is remembered: there was no new message from a person
+    assert [(t.role, t.speaker) for t in await store.history("c")] == [("user", "Sam"), ("assistant", "Rick"), ("assistant", "Morty")]
+    # each character of the scene keeps its own prompt-cache state of the conversation
+    assert [p.cache_key for p in backend.prompts] == [cache_key("c", "Rick"), cache_key("c", "Morty")]
+    assert await engine.follow_up("c", rick, wanted=lambda: False) is None  # a person spoke meanwhile: stale
+    assert await engine.follow_up("empty", rick) is None and backend.calls == 2

@@ -245,6 +245,8 @@ def _bad_values(annotation) -> list[str]:
         return ["1,2", "[1, \"x\"]", "{not json"]
     if typing.get_origin(kind) is tuple:
         return ["{not json", "[1, 2]"]
+    if typing.get_origin(kind) is dict:  # name -> URL
+        return ["{not json", "[1, 2]", '{"Rick": "ftp://nope"}']
     return []
 
 
@@ -257,7 +259,7 @@ CHECKED = [(name, value) for name in FLAT for value in _bad_values(field_info(na
 def test_every_typed_setting_is_checked():
     names = {n for n, _ in CHECKED}
     typed = {n for n in FLAT if field_info(n).annotation not in (str, str | None)}
-    assert typed - names <= {"persona_dir", "db_path", "prompt_cache_dir"}, typed - names  # paths: any string is a path
+    assert typed - names <= {"persona_dir", "db_path", "prompt_cache_dir", "cast_dir"}, typed - names  # paths: any string is a path
 
 
 @pytest.mark.parametrize(("name", "value"), CHECKED)

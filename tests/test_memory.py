@@ -91,6 +91,25 @@ async def test_concurrent_writers_each_keep_their_order(any_store):
     assert await any_store.count_messages() == 160
 
 
+async def test_channel_cast_is_kept_apart_from_conversations(memory_url):
+    """Discord --cast: a channel's active cast survives a restart, /reset and the retention sweeps."""
+    store = create_store(memory_url)
+    await store.open()
+    assert await store.channel_cast("discord:1") is None  # never set: the whole cast
+    await store.set_channel_cast("discord:1", ["Morty", "Rick"])
+    await store.set_channel_cast("discord:1", ["Morty"])
+    await store.set_channel_cast("discord:3", [])  # everyone removed: not the same as never set
+    await store.add_exchange("discord:1", [Turn("user", "hi", "Sam"), Turn("assistant", "ahoy", "Morty")])
+    await store.reset("discord:1")
+    await store.drop_idle_conversations(-1)
+    await store.close()
+    reopened = create_store(memory_url)
+    await reopened.open()
+    assert await reopened.channel_cast("discord:1") == ["Morty"] and await reopened.channel_cast("discord:2") is None
+    assert await reopened.channel_cast("discord:3") == []
+    await reopened.close()
+
+
 async def test_history_survives_reopen(tmp_path):
     path = tmp_path / "m.db"
     store = SqliteStore(path)

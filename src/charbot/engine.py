@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from charbot import scene_turns
 from charbot.backends.base import Backend, PromptFormat, cache_key
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
 from charbot.lore_scan import scan
@@ -93,8 +94,12 @@ class Engine:
 
     # --- personas ------------------------------------------------------------------------------------
     async def persona_for(self, conversation_id: str) -> CharacterCard:
-        name = await self._memory_call(self.store.get_persona(conversation_id))
+        name = await self.chosen_persona(conversation_id)
         return self.personas.get(name, self.default_persona) if name else self.default_persona
+
+    async def chosen_persona(self, conversation_id: str) -> str | None:
+        """The name /persona chose for the conversation; None when none was."""
+        return await self._memory_call(self.store.get_persona(conversation_id))
 
     async def set_persona(self, conversation_id: str, card_or_name: CharacterCard | str) -> CharacterCard:
         if isinstance(card_or_name, CharacterCard):
@@ -112,6 +117,13 @@ class Engine:
         self.backend.forget(conversation_id)  # and the model's saved states of it
         return await self._memory_call(self.store.reset(conversation_id))
 
+    async def channel_cast(self, channel: str) -> list[str] | None:
+        """The characters active in `channel` (Discord --cast, /cast), in order; None when never set."""
+        return await self._memory_call(self.store.channel_cast(channel))
+
+    async def set_channel_cast(self, channel: str, names: Sequence[str]) -> None:
+        await self._memory_call(self.store.set_channel_cast(channel, names))
+
     async def _memory_call(self, call):
         """Await a store call; an unreachable database shows in `memory_status` (and reaches the caller)."""
         try:
@@ -123,7 +135,7 @@ class Engine:
     # --- prompts -------------------------------------------------------------------------------------
     async def build_prompt(
         self, conversation_id: str, text: str, speaker: str | None = None, persona: CharacterCard | None = None,
-        history: Sequence[Turn] | None = None, max_new_tokens: int | None = None,
+        history: Sequence[Turn] | None = None, max_new_tokens: int | None = None, history_start: int = 0,
     ) -> tuple[BuiltPrompt, CharacterCard]:
         """The prompt for `text`: after `history` when given, else after the conversation's remembered turns;
         room is left for `max_new_tokens` (default: the engine's setting)."""
@@ -135,11 +147,10 @@ class Engine:
             fmt=self.prompt_format,
             eos_token=self.backend.eos_token,
         )
-        start = 0
+        start = history_start
         if history is None:
-            history = await self._memory_call(self.store.history(conversation_id, HISTORY_FETCH)) if conversation_id else []
-            if len(history) == HISTORY_FETCH:  # older turns exist: where this window starts in the conversation
-                start = await self._memory_call(self.store.count_messages(conversation_id)) - len(history)
+            history, start = await self._history(conversation_id)
+        history = scene_turns.seen_by(card.name, history)
         # {{user}} is the configured user name, not this message's speaker: in a group chat several people
         # talk, each named in their own turn, and a persona text that is the same for every conversation
         # lets batched backends share its KV cache.
@@ -149,16 +160,28 @@ class Engine:
         key = cache_key(conversation_id, card.name) if conversation_id else None
         return replace(built, prompt=replace(built.prompt, cache_key=key)), card
 
+    async def _history(self, conversation_id: str) -> tuple[list[Turn], int]:
+        """The remembered turns the prompt is built from, and how many older ones come before them."""
+        if not conversation_id:
+            return [], 0
+        history = await self._memory_call(self.store.history(conversation_id, HISTORY_FETCH))
+        if len(history) < HISTORY_FETCH:
+            return history, 0
+        # older turns exist: where this window starts in the conversation
+        return history, await self._memory_call(self.store.count_messages(conversation_id)) - len(history)
+
     def _stops(self, card: CharacterCard, speaker: str | None) -> tuple[str, ...]:
-        names = {self.user_name, card.name, *([speaker] if speaker else [])}
+        # every loaded character too: in a scene the model must not go on to write the next character's line
+        names = {self.user_name, card.name, *self.personas, *([speaker] if speaker else [])}
         return tuple(f"\n{n}:" for n in sorted(names))
 
     # --- replies -------------------------------------------------------------------------------------
     async def reply(
         self, conversation_id: str, text: str, *, speaker: str | None = None, on_update: OnUpdate | None = None,
         deliver: Deliver | None = None, deadline: float | None = None, settings: GenerationSettings | None = None,
+        persona: CharacterCard | None = None,
     ) -> Reply:
-        """Generate and clean a reply, hand it to `deliver` (which shows it to the user), then remember the
+        """Generate and clean a reply (as `persona`, else the conversation's character), hand it to `deliver` (which shows it to the user), then remember the
         exchange. A reply whose delivery raised is not remembered: the character never recalls a line nobody
         saw. Turns of one conversation are served in arrival order, delivery included.
 
@@ -167,13 +190,20 @@ class Engine:
         engine's sampling for this reply.
         """
         async with self.scheduler.slot(conversation_id, deadline=deadline) as held:
-            reply = await self._reply(conversation_id, text, speaker, on_update, sampling=settings)
+            reply = await self._reply(conversation_id, text, speaker, on_update, persona, sampling=settings)
             held.generated()  # the model is free for other conversations while this reply is sent
             if deliver is not None:
                 await deliver(reply)
             if conversation_id:
                 await self._remember(conversation_id, [Turn("user", text, speaker), Turn("assistant", reply.text, reply.persona)])
             return reply
+
+    async def follow_up(
+        self, conversation_id: str, persona: CharacterCard, *, deliver: Deliver | None = None, deadline: float | None = None,
+        wanted: Callable[[], bool] | None = None,
+    ) -> Reply | None:
+        """A scene turn: `persona` answers the conversation's last line (see charbot.scene_turns.follow_up)."""
+        return await scene_turns.follow_up(self, conversation_id, persona, deliver=deliver, deadline=deadline, wanted=wanted)
 
     async def ask(
         self, text: str, *, speaker: str | None = None, persona: CharacterCard | None = None, history: Sequence[Turn] = (),
@@ -186,11 +216,11 @@ class Engine:
 
     async def _reply(
         self, conversation_id: str, text: str, speaker: str | None, on_update: OnUpdate | None, persona: CharacterCard | None = None,
-        history: Sequence[Turn] | None = None, sampling: GenerationSettings | None = None,
+        history: Sequence[Turn] | None = None, sampling: GenerationSettings | None = None, history_start: int = 0,
     ) -> Reply:
         started = time.perf_counter()
         settings = sampling or self.settings
-        built, card = await self.build_prompt(conversation_id, text, speaker, persona, history, settings.max_new_tokens)
+        built, card = await self.build_prompt(conversation_id, text, speaker, persona, history, settings.max_new_tokens, history_start)
         settings = settings.with_stop(*self._stops(card, speaker))
         users = tuple(n for n in (self.user_name, speaker) if n)
         tokens = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -38,9 +39,11 @@ def default_persona_path(settings: Settings) -> Path:
     return sample_card_path()
 
 
-def load_personas(settings: Settings) -> tuple[CharacterCard, dict[str, CharacterCard]]:
-    default = load_card(default_persona_path(settings))
-    personas = {default.name: default}
+def load_personas(settings: Settings, cast: Sequence[CharacterCard] = ()) -> tuple[CharacterCard, dict[str, CharacterCard]]:
+    """The default character and every loaded one; with a `cast`, the default is its first character unless a
+    persona is configured."""
+    default = load_card(default_persona_path(settings)) if settings.persona or not cast else cast[0]
+    personas = {default.name: default, **{c.name: c for c in cast if c.name != default.name}}
     if settings.persona_dir is not None:
         directory = Path(settings.persona_dir).expanduser()
         if not directory.is_dir():
@@ -52,11 +55,13 @@ def load_personas(settings: Settings) -> tuple[CharacterCard, dict[str, Characte
 
 
 def build_engine(
-    settings: Settings, *, backend=None, store: Store | None = None, max_inflight: int | None = None, max_queue: int | None = None
+    settings: Settings, *, backend=None, store: Store | None = None, max_inflight: int | None = None, max_queue: int | None = None,
+    cast: Sequence[CharacterCard] = (),
 ) -> Engine:
     """The engine the settings describe. A transport that bounds its load passes `max_inflight` and `max_queue`:
-    the scheduler then runs min(max_inflight, what the backend serves at once) generations, and is fixed."""
-    default, personas = load_personas(settings)
+    the scheduler then runs min(max_inflight, what the backend serves at once) generations, and is fixed. A `cast`
+    (Discord's --cast) is loaded as characters of this one engine: one backend, one model in memory, for all."""
+    default, personas = load_personas(settings, cast)
     backend = backend if backend is not None else create_backend(settings)
     capacity = min(max_inflight or backend.parallel, backend.parallel)
     return Engine(

@@ -71,6 +71,12 @@ async def m003_exchange_ids(db: psycopg.AsyncConnection) -> None:
     await db.execute("CREATE UNIQUE INDEX messages_by_exchange ON messages(exchange_id, seq)")
 
 
+@migration
+async def m004_channel_cast(db: psycopg.AsyncConnection) -> None:
+    # See memory_sqlite.m004_channel_cast: a channel's active cast, names in speaking order.
+    await db.execute("CREATE TABLE channel_casts (channel TEXT PRIMARY KEY, names TEXT[] NOT NULL, updated_at DOUBLE PRECISION NOT NULL)")
+
+
 INSERT_MESSAGE = (
     "INSERT INTO messages (conversation_id, role, speaker, content, created_at, exchange_id, seq) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (exchange_id, seq) DO NOTHING"
@@ -236,6 +242,18 @@ class PostgresStore:
         async with self._connection() as db, db.transaction():
             await db.execute(TOUCH, (conversation_id, now, now))
             await db.execute("UPDATE conversations SET persona = %s WHERE id = %s", (persona, conversation_id))
+
+    async def channel_cast(self, channel: str) -> list[str] | None:
+        rows = await self._fetch("SELECT names FROM channel_casts WHERE channel = %s", (channel,))
+        return list(rows[0][0]) if rows else None
+
+    async def set_channel_cast(self, channel: str, names: Sequence[str]) -> None:
+        async with self._connection() as db:
+            await db.execute(
+                "INSERT INTO channel_casts (channel, names, updated_at) VALUES (%s, %s::text[], %s) "
+                "ON CONFLICT (channel) DO UPDATE SET names = excluded.names, updated_at = excluded.updated_at",
+                (channel, list(names), time.time()),
+            )
 
     async def prune(self, older_than_seconds: float) -> int:
         return await self._count("DELETE FROM messages WHERE created_at < %s", (time.time() - older_than_seconds,))

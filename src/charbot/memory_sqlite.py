@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -75,6 +76,12 @@ def m003_exchange_ids(db: sqlite3.Connection) -> None:
         CREATE UNIQUE INDEX messages_by_exchange ON messages(exchange_id, seq)
         """,
     )
+
+
+@migration
+def m004_channel_cast(db: sqlite3.Connection) -> None:
+    # a channel's active cast (Discord --cast): names in speaking order, as JSON; no row: the whole cast
+    db.execute("CREATE TABLE channel_casts (channel TEXT PRIMARY KEY, names TEXT NOT NULL, updated_at REAL NOT NULL)")
 
 
 INSERT_MESSAGE = (
@@ -189,6 +196,20 @@ class SqliteMemory:
         self._write(lambda: (self._touch(conversation_id, now),
                              self._db.execute("UPDATE conversations SET persona = ? WHERE id = ?", (persona, conversation_id))))
 
+    # --- a channel's cast (kept apart from conversations: /reset and retention leave it alone) ---------------
+    def channel_cast(self, channel: str) -> list[str] | None:
+        """The character names active in `channel`, in order; None when it was never set."""
+        with self._lock:
+            row = self._db.execute("SELECT names FROM channel_casts WHERE channel = ?", (channel,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_channel_cast(self, channel: str, names: Sequence[str]) -> None:
+        self._write(lambda: self._db.execute(
+            "INSERT INTO channel_casts (channel, names, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(channel) DO UPDATE SET names = excluded.names, updated_at = excluded.updated_at",
+            (channel, json.dumps(list(names)), time.time()),
+        ))
+
     def prune(self, older_than_seconds: float) -> int:
         """Forget messages older than the retention window; returns how many were deleted."""
         cutoff = time.time() - older_than_seconds
@@ -288,6 +309,8 @@ class SqliteStore:
     reset = _delegate("reset")
     get_persona = _delegate("get_persona")
     set_persona = _delegate("set_persona")
+    channel_cast = _delegate("channel_cast")
+    set_channel_cast = _delegate("set_channel_cast")
     prune = _delegate("prune")
     cap_messages = _delegate("cap_messages")
     drop_idle_conversations = _delegate("drop_idle_conversations")

@@ -88,8 +88,32 @@ class DiscordSettings(_Group):
     max_queue: int = Field(16, ge=0, le=10_000, description="Requests waiting beyond those; more get 'busy'.")
     stream: bool = Field(False, description="Stream replies by editing the message (at most once a second).")
     ping_author: bool = Field(False, description="Let the reply ping the author it replies to.")
+    # --- the cast: several characters in one bot, one model ---
+    cast_dir: Path | None = Field(
+        None, description="Directory of character cards (.json, .png, .charx) that speak in the channels as themselves, "
+        "through a webhook, sharing one model.", json_schema_extra={"flat": "cast_dir"},
+    )
+    scene_turns: int = Field(2, ge=1, le=10, description="Character turns at most per message from a person (the first answer included).")
+    talkativeness: float = Field(
+        0.5, ge=0, le=1, description="How likely a character is to speak up when not named, for cards without extensions.talkativeness.",
+    )
+    avatar_urls: dict[str, str] = Field(
+        default_factory=dict, description="Avatar picture URL per character name (wins over the card's own picture).",
+    )
+    public_url: str | None = Field(
+        None, description="Where Discord can reach this bot's health page (e.g. https://bot.example.com): cards' embedded "
+        "pictures are served there under /avatars/ and used as the characters' avatars.",
+    )
 
-    _check_url = field_validator("api_url")(_http_url)
+    _check_url = field_validator("api_url", "public_url")(_http_url)
+
+    @field_validator("avatar_urls")
+    @classmethod
+    def _avatar_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"the avatar URL for {name!r} must start with http:// or https://")
+        return value
 
     @field_validator("gateway_url")
     @classmethod

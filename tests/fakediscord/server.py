@@ -19,6 +19,7 @@ from loopback import Loopback, listen
 
 from .gateway import Gateway
 from .state import APP_FLAG_MESSAGE_CONTENT, Call, FakeState
+from .webhooks import WebhookRoutes
 
 API = "/api/v10"
 
@@ -51,6 +52,7 @@ class FakeDiscord(Loopback):
         r.add_patch(API + "/webhooks/{app}/{token}/messages/@original", self._edit_original)
         r.add_post(API + "/webhooks/{app}/{token}", self._followup)
         r.add_get("/attachments/{aid}/{name}", self._attachment)  # the CDN, for uploaded files
+        self.webhooks = WebhookRoutes(self)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -210,7 +212,7 @@ class FakeDiscord(Loopback):
         ref = body.get("message_reference")
         if ref:
             reference = s.messages.get(int(ref["message_id"]))
-        guild_id = next((g["id"] for g in s.guilds.values() if any(c["id"] == channel_id for c in g["channels"])), None)
+        guild_id = s.guild_of_channel(channel_id)
         msg = s.message(channel_id, s.bot_user, body.get("content") or "", guild_id=guild_id, reference=reference)
         return msg
 
@@ -271,10 +273,10 @@ class FakeDiscord(Loopback):
         return web.Response(body=data) if data is not None else web.Response(status=404)
 
     async def _followup(self, request):
-        body = await request.json()
         interaction = self.state.interactions.get(request.match_info["token"])
-        if interaction is None:
-            return _json({"message": "Unknown Webhook", "code": 10015}, 404)
+        if interaction is None:  # not an interaction's token: a channel webhook's
+            return await self.webhooks.execute(request)
+        body = await request.json()
         msg = self.state.message(interaction["channel_id"], self.state.bot_user, body.get("content") or "")
         interaction.setdefault("followups", []).append(msg)
         return _json(msg)

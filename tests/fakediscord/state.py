@@ -52,6 +52,7 @@ class FakeState:
         self.files: dict[str, bytes] = {}  # attachment id -> the uploaded bytes
         self.rate_limits: list[list] = []  # [method, path_prefix, remaining_count, retry_after]
         self.refusals: list[list] = []  # [method, path_prefix, remaining_count, (status, code, message)]
+        self.webhooks: dict[int, dict] = {}  # id -> webhook payload (its token included)
 
     # --- ids and objects -------------------------------------------------------------------------
     def snowflake(self) -> int:
@@ -83,6 +84,39 @@ class FakeState:
         role = {"id": str(self.snowflake()), "name": name, "permissions": str(permissions), "position": len(guild["roles"]), "color": 0, "hoist": False, "managed": False, "mentionable": True, "flags": 0}
         guild["roles"].append(role)
         return role
+
+    def grant_bot(self, guild: dict, permissions: int) -> dict:
+        """Give the bot a role with `permissions` in `guild` (as the invite link's permissions do)."""
+        role = self.add_role(guild, f"{self.bot_user['username']} role", permissions)
+        next(m for m in guild["members"] if m["user"]["id"] == self.bot_user["id"])["roles"].append(role["id"])
+        return role
+
+    def add_thread(self, guild: dict, parent: dict, name: str) -> dict:
+        thread = {"id": str(self.snowflake()), "type": 11, "guild_id": guild["id"], "parent_id": parent["id"], "name": name,
+                  "owner_id": self.owner["id"], "message_count": 0, "member_count": 1, "rate_limit_per_user": 0, "flags": 0,
+                  "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": _iso(time.time()), "locked": False}}
+        guild["threads"].append(thread)
+        return thread
+
+    def guild_of_channel(self, channel_id: str) -> str | None:
+        return next((g["id"] for g in self.guilds.values() if any(c["id"] == str(channel_id) for c in g["channels"] + g["threads"])), None)
+
+    # --- webhooks --------------------------------------------------------------------------------
+    def add_webhook(self, channel: dict, name: str, *, by_bot: bool = True) -> dict:
+        """A channel webhook; `by_bot=False`: one another integration or a member made (no application_id)."""
+        wid = self.snowflake()
+        creator = self.bot_user if by_bot else self.owner
+        hook = {"id": str(wid), "type": 1, "guild_id": channel.get("guild_id"), "channel_id": channel["id"], "name": name,
+                "avatar": None, "token": f"whtoken-{wid}", "application_id": str(self.app_id) if by_bot else None, "user": creator}
+        self.webhooks[wid] = hook
+        return hook
+
+    def webhooks_in(self, channel_id: str) -> list[dict]:
+        return [h for h in self.webhooks.values() if h["channel_id"] == str(channel_id)]
+
+    def delete_webhook(self, webhook_id: int | str) -> dict | None:
+        """As when a member deletes it in Server Settings → Integrations; its URL then answers 10015."""
+        return self.webhooks.pop(int(webhook_id), None)
 
     def member(self, user: dict, roles: tuple[str, ...] = ()) -> dict:
         return {"user": user, "roles": list(roles), "joined_at": _iso(time.time()), "deaf": False, "mute": False, "flags": 0, "nick": None, "avatar": None}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from discord.ext import commands
 
 from charbot.config import Settings
 from charbot.discord import endpoints
+from charbot.discord.cast import Cast, load_cast
 from charbot.discord.commandsync import sync_if_changed
 from charbot.discord.limits import Cooldown
 from charbot.discord.metrics import Metrics
 from charbot.discord.policy import Rules
 from charbot.discord.replying import no_pings
+from charbot.discord.scene import Scenes
 from charbot.engine import Engine
 from charbot.factory import build_engine
 from charbot.errors import BackendUnavailable
@@ -29,9 +32,20 @@ from charbot.retention import RetentionTask
 log = logging.getLogger(__name__)
 
 
-def discord_engine(settings: Settings, **parts) -> Engine:
-    """The engine for the bot: its scheduler bounded by the Discord load settings, once, at assembly."""
-    return build_engine(settings, max_inflight=settings.discord.max_inflight, max_queue=settings.discord.max_queue, **parts)
+def cast_from_settings(settings: Settings) -> Cast | None:
+    """The cards of `discord_cast_dir` (--cast), or None when no cast is configured."""
+    d = settings.discord
+    if d.cast_dir is None:
+        return None
+    return load_cast(d.cast_dir, talkativeness=d.talkativeness, avatar_urls=d.avatar_urls, public_url=d.public_url)
+
+
+def discord_engine(settings: Settings, *, cast: Cast | None = None, **parts) -> Engine:
+    """The engine for the bot: its scheduler bounded by the Discord load settings, once, at assembly; the cast's
+    characters are its personas (one backend for all of them)."""
+    cast = cast if cast is not None else cast_from_settings(settings)
+    cards = [c.card for c in cast.characters.values()] if cast is not None else ()
+    return build_engine(settings, max_inflight=settings.discord.max_inflight, max_queue=settings.discord.max_queue, cast=cards, **parts)
 
 
 class CharBot(commands.AutoShardedBot):
@@ -46,6 +60,8 @@ class CharBot(commands.AutoShardedBot):
         guild_ready_timeout: float = 0.5,
         identify_delay: float = 5.0,
         sync_commands: bool = True,
+        cast: Cast | None = None,
+        scene_rng: random.Random | None = None,
     ):
         d = settings.discord
         intents = discord.Intents.default()
@@ -73,6 +89,8 @@ class CharBot(commands.AutoShardedBot):
         self.retention = RetentionTask(engine.store, retention_days=m.retention_days, max_messages=m.max_messages_per_conversation,
                                        interval=m.prune_interval)
         self.metrics = Metrics()
+        cast = cast if cast is not None else cast_from_settings(settings)
+        self.scenes = Scenes(self, cast, max_turns=d.scene_turns, rng=scene_rng) if cast is not None else None
         self.metrics.watch_prompt_cache(engine.backend.cache_stats)
         self.metrics.queue_depth.set_function(lambda: self.gate.depth)
         self.metrics.gateway_latency.set_function(lambda: self.latency if math.isfinite(self.latency) else 0.0)
@@ -104,6 +122,10 @@ class CharBot(commands.AutoShardedBot):
 
         await self.add_cog(ChatCog(self))
         await self.add_cog(AdminCog(self))
+        if self.scenes is not None:
+            from charbot.discord.cogs.cast import CastCog
+
+            await self.add_cog(CastCog(self))
         if self.sync_commands:
             self.commands_synced = await sync_if_changed(self.tree, self.application_id, self.command_hash_path())
         log.info("model ready (%s)", self.engine.backend.describe())
@@ -153,12 +175,18 @@ class CharBot(commands.AutoShardedBot):
     async def on_ready(self) -> None:
         from charbot.discord.invite import invite_url
 
-        log.warning("online as %s in %d servers; invite: %s", self.user, len(self.guilds), invite_url(self.application_id))
+        invite = invite_url(self.application_id, cast=self.scenes is not None)
+        log.warning("online as %s in %d servers; invite: %s", self.user, len(self.guilds), invite)
 
     async def on_message(self, message: discord.Message) -> None:
         pass  # no prefix commands; the chat cog answers messages
 
     # --- health ----------------------------------------------------------------------------------
+    def avatar_image(self, slug: str) -> bytes | None:
+        """A cast character's card picture, served on the health page for Discord to fetch as its avatar."""
+        character = self.scenes.cast.by_avatar(slug) if self.scenes is not None else None
+        return character.image if character is not None else None
+
     def gateway_connected(self) -> bool:
         return self.is_ready() and not self.is_closed() and bool(self.shards) and all(not s.is_closed() for s in self.shards.values())
 
@@ -183,4 +211,5 @@ class CharBot(commands.AutoShardedBot):
             "direct_messages": self.shard_ids is None or 0 in self.shard_ids,
             "guilds": len(self.guilds),
             "uptime_seconds": round(time.time() - self.started_at, 1),
+            **({"cast": self.scenes.status()} if self.scenes is not None else {}),
         }

@@ -14,7 +14,8 @@ from charbot.health import add_health_routes, listen
 
 
 class HealthServer:
-    def __init__(self, status: Callable[[], dict[str, Any]], metrics: Metrics, *, host: str = "0.0.0.0", port: int = 8080):
+    def __init__(self, status: Callable[[], dict[str, Any]], metrics: Metrics, *, host: str = "0.0.0.0", port: int = 8080,
+                 avatars: Callable[[str], bytes | None] | None = None):
         self.metrics = metrics
         self.host = host
         self.requested_port = port
@@ -23,6 +24,9 @@ class HealthServer:
         app = web.Application()
         app.router.add_get("/", self._alive)
         add_health_routes(app, status, metrics)
+        self.avatars = avatars
+        if avatars is not None:  # the cast's card pictures, for Discord to fetch as webhook avatars
+            app.router.add_get("/avatars/{slug}.png", self._avatar)
         self.app = app
 
     async def start(self) -> int:
@@ -37,3 +41,9 @@ class HealthServer:
 
     async def _alive(self, request: web.Request) -> web.Response:
         return web.Response(text="I am alive")
+
+    async def _avatar(self, request: web.Request) -> web.Response:
+        image = self.avatars(request.match_info["slug"])
+        if image is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=image, content_type="image/png", headers={"Cache-Control": "public, max-age=3600"})

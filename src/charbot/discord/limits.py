@@ -24,3 +24,7 @@ class Cooldown:
         if len(self._last) > 10_000:  # forget users whose cooldown is long over
             self._last = {u: t for u, t in self._last.items() if now - t < self.seconds}
         return 0.0
+
+    def touch(self, user_id: int) -> None:
+        """Restart the user's cooldown now (a scene they started took another turn)."""
+        self._last[user_id] = self._clock()

@@ -19,6 +19,8 @@ class MessageFacts:
     is_self: bool = False
     mentions_bot: bool = False
     replies_to_bot: bool = False
+    calls_character: bool = False  # opens with the name of a character of the bot's cast
+    replies_to_cast: bool = False  # replies to a line of the cast (its webhook message)
 
     @property
     def is_dm(self) -> bool:
@@ -96,6 +98,10 @@ def should_answer(facts: MessageFacts, rules: Rules) -> Decision:
         return Decision(True, "mentioned")
     if facts.replies_to_bot:
         return Decision(True, "reply to bot")
+    if facts.replies_to_cast:
+        return Decision(True, "reply to the cast")
+    if facts.calls_character:
+        return Decision(True, "character named")
     if {facts.channel_id, facts.parent_channel_id} & rules.chat_channels:
         return Decision(True, "chat channel")
     return Decision(False, "not addressed")

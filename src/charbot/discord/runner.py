@@ -31,7 +31,7 @@ def bot_token(settings: Settings) -> str:
 async def serve(bot: CharBot, token: str, *, health: bool = True, on_health_port=None) -> None:
     """Start the health server (it answers 503 while the model loads), then the bot, until closed."""
     h = bot.settings.health
-    server = HealthServer(bot.status, bot.metrics, host=h.host, port=h.port) if health else None
+    server = HealthServer(bot.status, bot.metrics, host=h.host, port=h.port, avatars=bot.avatar_image) if health else None
     loop = asyncio.get_running_loop()
     try:
         await bot.engine.store.open()  # a wrong memory_url fails now, before the model loads

@@ -75,6 +75,8 @@ class AdminCog(commands.Cog):
         except MemoryStoreError as exc:
             await self._memory_failed(interaction, exc)
             return
+        if self.bot.scenes is not None:
+            self.bot.scenes.end(interaction.channel_id)  # the scene's remaining turns are not taken
         self.bot.metrics.replies.labels("reset").inc()
         await interaction.response.send_message(f"Forgot {forgotten} messages. Fresh start.")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import discord
@@ -12,6 +13,7 @@ from discord.ext import commands
 
 from charbot.discord.policy import MessageFacts, conversation_id, should_answer, strip_mention
 from charbot.discord.replying import StreamedReply, send_reply
+from charbot.discord.speakers import author_character, called_by_name
 from charbot.errors import BackendError, BusyError
 from charbot.memory import MemoryStoreError
 from charbot.scheduler import DeadlineExceeded
@@ -23,7 +25,17 @@ log = logging.getLogger(__name__)
 COOLDOWN_NOTE = "One at a time, please: try again in {seconds:.0f}s."
 
 
-def facts_for(message: discord.Message, me: discord.abc.User) -> MessageFacts:
+def replied_character(message: discord.Message, me: discord.abc.User, app_id: int | None, names: Sequence[str]) -> str | None:
+    """The character of the cast whose line `message` replies to, if it does."""
+    ref = message.reference.resolved if message.reference is not None else None
+    if not names or not isinstance(ref, discord.Message):
+        return None
+    return author_character(names=names, author_name=ref.author.name, content=ref.content, webhook_id=ref.webhook_id,
+                            application_id=ref.application_id,
+                            author_id=ref.author.id, bot_id=app_id if ref.webhook_id is not None else me.id)
+
+
+def facts_for(message: discord.Message, me: discord.abc.User, *, cast: Sequence[str] = (), app_id: int | None = None) -> MessageFacts:
     channel = message.channel
     ref = message.reference.resolved if message.reference is not None else None
     roles = frozenset(r.id for r in getattr(message.author, "roles", ()))
@@ -37,6 +49,8 @@ def facts_for(message: discord.Message, me: discord.abc.User) -> MessageFacts:
         is_self=message.author.id == me.id,
         mentions_bot=any(u.id == me.id for u in message.mentions),
         replies_to_bot=isinstance(ref, discord.Message) and ref.author.id == me.id,
+        calls_character=bool(cast) and called_by_name(strip_mention(message.content, me.id), cast) is not None,
+        replies_to_cast=replied_character(message, me, app_id, cast) is not None,
     )
 
 
@@ -58,7 +72,8 @@ class ChatCog(commands.Cog):
         bot.metrics.messages_seen.inc()
         if bot.user is None:
             return
-        decision = should_answer(facts_for(message, bot.user), bot.rules)
+        cast = bot.scenes.cast.names if bot.scenes is not None else ()
+        decision = should_answer(facts_for(message, bot.user, cast=cast, app_id=bot.application_id), bot.rules)
         if not decision:
             bot.metrics.ignored.labels(decision.reason).inc()
             return
@@ -71,6 +86,9 @@ class ChatCog(commands.Cog):
         if wait:
             bot.metrics.busy.labels("cooldown").inc()
             await self._say(message, COOLDOWN_NOTE.format(seconds=max(1, wait)))
+            return
+        if bot.scenes is not None:
+            await bot.scenes.run(message, text, replied_to=replied_character(message, bot.user, bot.application_id, cast))
             return
         await self.answer(message, text)
 
