@@ -66,14 +66,14 @@ async def m002_message_created_index(db: psycopg.AsyncConnection) -> None:
 
 @migration
 async def m003_exchange_ids(db: psycopg.AsyncConnection) -> None:
-    # See memory_sqlite.m003_exchange_ids: a retried write stores each turn once.
+    # See memory_sqlite_schema.m003_exchange_ids: a retried write stores each turn once.
     await db.execute("ALTER TABLE messages ADD COLUMN exchange_id TEXT, ADD COLUMN seq INTEGER")
     await db.execute("CREATE UNIQUE INDEX messages_by_exchange ON messages(exchange_id, seq)")
 
 
 @migration
 async def m004_channel_cast(db: psycopg.AsyncConnection) -> None:
-    # See memory_sqlite.m004_channel_cast: a channel's active cast, names in speaking order.
+    # See memory_sqlite_schema.m004_channel_cast: a channel's active cast, names in speaking order.
     await db.execute("CREATE TABLE channel_casts (channel TEXT PRIMARY KEY, names TEXT[] NOT NULL, updated_at DOUBLE PRECISION NOT NULL)")
 
 
