@@ -207,6 +207,20 @@ def test_eval_cli_rejects_zero_samples(setup, capsys):
     assert "--samples must be at least 1" in err and "Traceback" not in err
 
 
+def test_eval_cli_without_selection_scores_the_rest(setup, tmp_path, capsys):
+    from charbot.cli import main
+
+    data, base, _ = setup
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(data), "--base", str(base), "--limit", "2", "--max-new-tokens", "4", "--samples", "1", "--no-selection",
+              "-o", str(tmp_path / "r")])
+    assert exc.value.code in (0, None)
+    rows = json.loads((tmp_path / "r" / "results.json").read_text())["models"]
+    base_rows = [r for r in rows if r["label"].startswith("base")]
+    assert len(base_rows) == 2 and all(r["perplexity"] > 1 and r["hits_at_1"] != r["hits_at_1"] for r in base_rows)  # NaN: not ranked
+    assert "| base | no | no |" in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_eval_with_a_card_sends_what_chat_would(setup, tmp_path):
     """--persona CARD: the persona rows get the card as chat renders it (text, fired lore, examples, greeting)
     in place of val.jsonl's system message; the reference reply and the context stay the same."""

@@ -23,6 +23,9 @@ def _parse_model(spec: str):
 @click.option("--model", "models", multiple=True, help="LABEL=DIR_OR_HUB_ID of a model to compare (repeatable), e.g. fine-tuned=charbot-model.")
 @click.option("--base", "base", default=None, help="Base model compared with and without the persona (default: embedded SmolLM2-135M-Instruct).")
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), default=Path("charbot-eval"), show_default=True, help="Report directory (report.md, comparison.png, results.json).")
+@click.option("--selection/--no-selection", default=True, show_default=True,
+              help="Rank the real reply among 20 (hits@1, MRR): 20 scored candidates per context, most of eval's time on a CPU. "
+                   "--no-selection when only perplexity and the judge are wanted (e.g. comparing cards).")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Held-out split to score: test (never trained, stopped or tuned on) or val. Without a test.jsonl, val, with a note.")
 @click.option("--limit", type=int, default=40, show_default=True, help="Held-out contexts to score.")
@@ -34,7 +37,7 @@ def _parse_model(spec: str):
               help="Evaluate the persona rows with this character card (any format), as chat and Discord send it: its text and the "
                    "lorebook entries each context fires, example dialogue and greeting. Default: the system message in the data's JSONL.")
 @click.option("--name-replies", is_flag=True, help="Show the base model the character's turns as 'Name: line' and begin each reply with the name, as Discord does (trained models follow their training_config.json).")
-def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, split: str, limit: int, max_new_tokens: int, samples: int, seed: int,
+def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, selection: bool, split: str, limit: int, max_new_tokens: int, samples: int, seed: int,
              persona: str | None, name_replies: bool) -> None:
     """Compare models on DATA's test split: perplexity, response selection (hits@1/20, MRR), judge ratio, distinct-1/2, length."""
     from rich.console import Console
@@ -56,10 +59,10 @@ def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, s
             cand.label += f" [{Path(persona).name}]" if cand.persona else ""
     console = Console(stderr=True)
     with console.status("evaluating") as status:
-        rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed, samples=samples, split=split,
+        rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed, samples=samples, split=split, selection=selection,
                    progress=lambda label, i, n: status.update(f"{label}: reply {i}/{n}"), card=card)
     table = Table("model", "perplexity", "hits@1", "MRR", "judge ratio", "distinct-2", "mean words")
     for r in rows:
-        table.add_row(r.label, f"{r.perplexity:.2f}", f"{r.hits_at_1:.2f}", f"{r.mrr:.2f}", f"{r.judge_ratio:.2f}", f"{r.distinct_2:.2f}", f"{r.mean_words:.1f}")
+        table.add_row(r.label, f"{r.perplexity:.2f}", f"{r.hits_at_1:.2f}" if selection else "-", f"{r.mrr:.2f}" if selection else "-", f"{r.judge_ratio:.2f}", f"{r.distinct_2:.2f}", f"{r.mean_words:.1f}")
     console.print(table)
     console.print(f"report: {out / 'report.md'}")

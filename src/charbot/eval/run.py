@@ -137,7 +137,7 @@ def with_card(examples: list[Example], card, count_tokens, max_new_tokens: int, 
 
 
 def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limit: int = 40, max_new_tokens: int = 40, seed: int = 0, samples: int = 1,
-             split: str = "test", progress=None, card=None) -> list[Row]:
+             split: str = "test", progress=None, card=None, selection: bool = True) -> list[Row]:
     """`card`: the persona rows use it as chat sends it (`with_card`) instead of the system message in the data."""
     train, _, _ = load_prepared(data_dir)
     scored = held_out(data_dir, split)
@@ -165,7 +165,7 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
         if card is not None and cand.persona and renderer.fmt == "chat":
             examples = with_card(contexts, card, lambda text: len(tok(text, add_special_tokens=False)["input_ids"]), max_new_tokens)
         ppl = response_perplexity(model, tok, renderer, examples, persona=cand.persona, named=named)
-        selection = response_selection(model, tok, renderer, examples, persona=cand.persona, named=named, sets=choices)
+        ranked = response_selection(model, tok, renderer, examples, persona=cand.persona, named=named, sets=choices) if selection else None
         replies = []
         for i, ex in enumerate(examples):
             msgs = [m for m in ex.messages if cand.persona or m["role"] != "system"]
@@ -175,7 +175,8 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
             if progress:
                 progress(cand.label, i + 1, len(contexts))
         row = Row.scored(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, replies, judge, real_score)
-        row.hits_at_1, row.mrr = selection.hits_at_1, selection.mrr
+        if ranked is not None:
+            row.hits_at_1, row.mrr = ranked.hits_at_1, ranked.mrr
         rows.append(row)
     # The judge's own yardsticks on the test split: the character's real lines (ratio 1 by definition), and
     # the other speakers' lines it would mistake for the character's.
