@@ -6,7 +6,8 @@ conversations at once through the engine with the scripted model, watching the e
 PostgreSQL is a real server this script starts on a loopback port (tests/pg_server.py: initdb in a temporary
 directory; fsync on, as a production server runs). Sides:
 - **sqlite inline**: today's store before this change, its calls made on the event loop (the baseline);
-- **sqlite**: the async SQLite store (each call on the store's own thread);
+- **sqlite pooled**: the first async SQLite store (each call handed to a one-thread pool on its own);
+- **sqlite**: the async SQLite store (calls handed to the store's own thread in batches: store_thread.py);
 - **postgres**: the async PostgreSQL store (psycopg 3 with a pool), over TCP on 127.0.0.1;
 - **postgres async**: the same with `synchronous_commit=off` (in the URL: `?options=-c%20synchronous_commit%3Doff`).
 
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +132,34 @@ class InlineSqlite:
         self.sync.close()
 
 
+class PooledSqlite(InlineSqlite):
+    """The first async store: each call handed to a one-thread pool (`run_in_executor`), one wake-up of the
+    thread and one of the event loop per call. (charbot's store hands calls over in batches: store_thread.py.)"""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.pool = ThreadPoolExecutor(1)
+
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def history(self, cid, limit=200):
+        return await self._call(self.sync.history, cid, limit)
+
+    async def count_messages(self, cid=None):
+        return await self._call(self.sync.count_messages, cid)
+
+    async def get_persona(self, cid):
+        return await self._call(self.sync.get_persona, cid)
+
+    async def add_exchange(self, cid, turns, exchange_id=None):
+        await self._call(self.sync.add_exchange, cid, turns, exchange_id)
+
+    async def close(self):
+        await self._call(self.sync.close)
+        self.pool.shutdown()
+
+
 async def per_turn(stores: dict, turns: int) -> None:
     print(f"\nper-turn store cost (history read of up to {HISTORY_FETCH} turns + exchange write), {turns} turns per side, sides alternating")
     for name, store in stores.items():
@@ -208,7 +238,7 @@ async def main() -> None:
         # synchronous_commit=off: a commit returns before its WAL reaches the disk (what SQLite's WAL with
         # synchronous=NORMAL does); a crash of the database's host may lose the last few hundred ms of turns
         relaxed = server.new_database("bench_relaxed") + "?options=-c%20synchronous_commit%3Doff"
-        stores = {"sqlite inline": InlineSqlite(tmp / "inline.db"), "sqlite": create_store(tmp / "async.db"),
+        stores = {"sqlite inline": InlineSqlite(tmp / "inline.db"), "sqlite pooled": PooledSqlite(tmp / "pooled.db"), "sqlite": create_store(tmp / "async.db"),
                   "postgres": create_store(server.new_database("bench_turns")), "postgres async": create_store(relaxed)}
         for store in stores.values():
             await store.open()
@@ -219,12 +249,13 @@ async def main() -> None:
         print(f"\nstore calls only, {args.conversations} conversations at once (3 turns each)")
         for name, store in stores.items():
             await store_lag(name, store, args.conversations)
-        for name in ("sqlite", "postgres"):
+        for name in ("sqlite pooled", "sqlite", "postgres"):
             await store_lag(name, stores[name], args.conversations, gc_paused=True)
         for store in stores.values():
             await store.close()
         print(f"\nthrough the engine (scripted model, 64 generations at once), {args.conversations} conversations at once")
-        for name, store in (("sqlite inline", InlineSqlite(tmp / "engine-inline.db")), ("sqlite", create_store(tmp / "engine.db")),
+        for name, store in (("sqlite inline", InlineSqlite(tmp / "engine-inline.db")), ("sqlite pooled", PooledSqlite(tmp / "engine-pooled.db")),
+                            ("sqlite", create_store(tmp / "engine.db")),
                             ("postgres", create_store(server.new_database("bench_engine")))):
             await store.open()
             await through_engine(name, store, args.conversations, args.engine_turns)

@@ -9,7 +9,8 @@ says why), taking turns message by message, with the same messages.
 Per turn: latency (the engine's whole reply), prompt tokens read (not reused), and the floor measured in the same
 run: `new prompt tokens × prefill cost + generated tokens × one decode step`, where the new prompt tokens are
 those the previous turn's cells do not hold (what any cache must read) and the costs are calibrated in the same
-process before the conversations (prefill cost per token at several lengths, interpolated; one decode step).
+process before the conversations (the cost per token of reading a message, and of one decode step, at six context
+lengths, interpolated at each turn's prompt length: both grow with what a step attends to).
 
     python benchmarks/bench_prompt_cache.py [--conversations 12] [--exchanges 20] [--max-tokens 24]
 
@@ -67,20 +68,24 @@ async def child(cache: bool, max_tokens: int, threads: int) -> None:
         await backend.complete(Prompt(text=text), settings.but(max_new_tokens=1))
         return time.perf_counter() - start
 
-    # calibration: one decode step, and the prefill cost of n new tokens after a kept start
-    base = " ".join(MESSAGES) * 3
-    await read(base + ".")  # held: the next two read one token each, then generate 64 and 1 tokens
-    step = (await _timed(backend, Prompt(text=base + "."), settings.but(max_new_tokens=64)) - await read(base + ".")) / 63
-    prefill = []
-    for n in (8, 16, 32, 64, 128, 256, 512):
-        extra = " ".join(["harbour"] * n)
-        tokens = len(backend.prompt_tokens(Prompt(text=f"{base} {extra}"))) - len(backend.prompt_tokens(Prompt(text=base)))
-        times = []
-        for _ in range(3):  # the median of three: one busy moment on a shared machine must not bend the curve
+    # calibration at several context lengths (a step's cost grows with what it attends to): one decode step, and
+    # the cost per token of reading a ~32-token message after a kept start. Each repetition reads different words,
+    # so no saved state can answer it.
+    words = ["harbour", "lantern", "seaweed", "gannet", "driftwood", "tiller"]
+    points = []
+    for ctx in (128, 384, 640, 896, 1152, 1408):
+        base = ""
+        while len(backend.prompt_tokens(Prompt(text=base))) < ctx:
+            base += " " + MESSAGES[len(base) % len(MESSAGES)]
+        reads, steps = [], []
+        for r in range(3):
+            extra = f"{base} " + " ".join([words[(r + ctx) % len(words)]] * 32)
+            n = len(backend.prompt_tokens(Prompt(text=extra))) - len(backend.prompt_tokens(Prompt(text=base)))
             await read(base)
-            times.append(await read(f"{base} {extra}"))
-        prefill.append((tokens, sorted(times)[1]))
-    print(json.dumps({"step": step, "prefill": prefill}), flush=True)
+            reads.append(await read(extra) / n)
+            steps.append((await _timed(backend, Prompt(text=extra), settings.but(max_new_tokens=33)) - await read(extra)) / 32)
+        points.append((len(backend.prompt_tokens(Prompt(text=base))), sorted(reads)[1], sorted(steps)[1]))  # medians of three
+    print(json.dumps({"points": points}), flush=True)
 
     last: dict[str, tuple[int, ...]] = {}
     for line in sys.stdin:
@@ -108,8 +113,7 @@ async def _timed(backend, prompt, settings) -> float:
 class Side:
     def __init__(self, name: str, process: asyncio.subprocess.Process, calibration: dict):
         self.name, self.process, self.calibration = name, process, calibration
-        points = sorted(calibration["prefill"])
-        self._xs, self._ys = [p[0] for p in points], [p[1] for p in points]
+        self.points = sorted(calibration["points"])
         self.turns: list[dict] = []
 
     @classmethod
@@ -120,20 +124,22 @@ class Side:
         )
         return cls(name, process, json.loads(await process.stdout.readline()))
 
-    def prefill_cost(self, n: int) -> float:
-        """Seconds to read n new tokens: the calibration points, linearly between them."""
-        if n <= 0:
-            return 0.0
-        i = min(max(bisect.bisect_left(self._xs, n), 1), len(self._xs) - 1)
-        x0, x1, y0, y1 = self._xs[i - 1], self._xs[i], self._ys[i - 1], self._ys[i]
-        return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+    def costs(self, context: int) -> tuple[float, float]:
+        """(seconds per new prompt token, seconds per decode step) at `context` tokens: the calibration points,
+        linearly between them."""
+        xs = [p[0] for p in self.points]
+        i = min(max(bisect.bisect_left(xs, context), 1), len(xs) - 1)
+        (x0, r0, s0), (x1, r1, s1) = self.points[i - 1], self.points[i]
+        f = (context - x0) / (x1 - x0)
+        return r0 + (r1 - r0) * f, s0 + (s1 - s0) * f
 
     async def turn(self, conversation: str, text: str, exchange: int) -> None:
         self.process.stdin.write((json.dumps([conversation, text]) + "\n").encode())
         await self.process.stdin.drain()
         t = json.loads(await self.process.stdout.readline())
         t["exchange"] = exchange
-        t["floor"] = self.prefill_cost(t["new"]) + max(0, t["generated"] - 1) * self.calibration["step"]
+        per_token, step = self.costs(t["prompt"])
+        t["floor"] = t["new"] * per_token + max(0, t["generated"] - 1) * step
         self.turns.append(t)
 
     async def stop(self) -> None:
@@ -144,8 +150,9 @@ class Side:
 def report(on: Side, off: Side, args) -> None:
     print(f"{args.conversations} conversations x {args.exchanges} exchanges, interleaved; greedy {args.max_tokens}-token replies; "
           f"threads {args.threads}; load {os.getloadavg()[0]:.1f}")
-    print(f"calibration (cache on / off): decode step {on.calibration['step'] * 1000:.1f} / {off.calibration['step'] * 1000:.1f} ms; "
-          f"prefill {', '.join(f'{n} tok {s * 1000:.0f} ms' for n, s in on.calibration['prefill'])}")
+    for side in (on, off):
+        print(f"calibration ({side.name}), per context length: " + "; ".join(
+            f"{n} tok: read {r * 1000:.2f} ms/token, step {st * 1000:.1f} ms" for n, r, st in side.points))
     print("| turns | side | p50 | p95 | prompt tokens (mean) | read per turn (mean) | floor p50 | p50 / floor |")
     print("|---|---|---|---|---|---|---|---|")
     for label, low in (("2-20", 2), ("10-20", 10)):

@@ -3,7 +3,9 @@ llama.cpp, pointed at the fake Discord by the two URL settings."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,18 +88,26 @@ def test_a_bad_card_in_the_cast_is_one_line_before_the_model_loads(tmp_path):
 @pytest.mark.slow
 @pytest.mark.model
 async def test_cli_cast_answers_as_two_characters_with_the_embedded_model(tmp_path):
+    """Rick on the bot's model, Morty on a model of his own (discord_character_models: here a copy of the
+    embedded GGUF, so a second instance is loaded)."""
     from cast_support import card, executes, guild_with_webhooks, strict, write_cast
+
+    from charbot.models import embedded_model_path
 
     cast = write_cast(tmp_path / "cast", {"rick": card("Rick", 0.0, personality="a cynical genius scientist"),
                                           "morty": card("Morty", 0.0, personality="a nervous teenager")})
+    mortys = tmp_path / "morty.gguf"
+    shutil.copyfile(embedded_model_path(), mortys)
     async with FakeDiscord(FakeState(token=TOKEN)) as fake:
         guild, _, chat, user = guild_with_webhooks(fake.state)
         args = ("--cast", str(cast), "--scene-turns", "1")
-        env_extra = {"CHARBOT_DISCORD_CHAT_CHANNELS": f"[{chat['id']}]"}
+        env_extra = {"CHARBOT_DISCORD_CHAT_CHANNELS": f"[{chat['id']}]", "CHARBOT_DISCORD_CHARACTER_MODELS": json.dumps({"Morty": str(mortys)})}
         env = discord_env(fake, tmp_path, TOKEN, CHARBOT_FALLBACK_REPLY=FALLBACK, **env_extra)
         async with DiscordCli("--max-new-tokens", "12", "--seed", "7", *args, env=env, cwd=tmp_path) as bot:
             health = await bot.wait_ready()
             assert sorted(health["cast"]["characters"]) == ["Morty", "Rick"]
+            assert health["cast"]["characters"]["Morty"]["model"] == str(mortys) and "model" not in health["cast"]["characters"]["Rick"]
+            assert health["backend_status"].count("ready") == 2 and health["backend_ready"]  # two models loaded
             await fake.say(chat, user, "Rick, who are you?", guild=guild)
             await fake.wait_for(lambda: len(executes(fake)) == 1, timeout=60)
             await fake.say(chat, user, "Morty, and who are you?", guild=guild)

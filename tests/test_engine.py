@@ -174,3 +174,29 @@ async def test_a_scene_turn_answers_the_last_line_and_other_characters_are_named
     assert [p.cache_key for p in backend.prompts] == [cache_key("c", "Rick"), cache_key("c", "Morty")]
     assert await engine.follow_up("c", rick, wanted=lambda: False) is None  # a person spoke meanwhile: stale
     assert await engine.follow_up("empty", rick) is None and backend.calls == 2
+
+
+async def test_a_character_with_a_model_of_its_own_is_served_by_it_in_the_shared_transcript(store):
+    """discord_character_models: Morty's turns go to his model (its own window and prompt format), Rick's to the
+    bot's; both read one transcript, /reset forgets the conversation on both, warm-up loads both."""
+    rick, morty = _card("Rick"), _card("Morty")
+    shared, own = ScriptedBackend(["Morty, the portal gun."]), ScriptedBackend(["Aw jeez, okay."], context_window=512)
+    own.eos_token = "</s>"
+    engine = make(shared, store, rick, personas={"Morty": morty}, character_backends={"Morty": own})
+    assert engine.backends == [shared, own]
+    await engine.warm_up()
+    assert shared.ready and own.ready
+    await engine.reply("c", "What now?", speaker="Sam", persona=rick)
+    reply = await engine.follow_up("c", morty)
+    assert reply.text == "Aw jeez, okay." and own.calls == 2 and shared.calls == 2  # warm-up + one turn each
+    assert speaker_in(own.prompts[-1]) == "Morty" and speaker_in(shared.prompts[-1]) == "Rick"
+    assert [(m.role, m.content) for m in own.prompts[-1].messages[1:]] == [("user", "Sam: What now?\nRick: Morty, the portal gun.")]
+    forgotten = []
+    for backend in (shared, own):
+        backend.forget = forgotten.append
+    await engine.reset("c")
+    assert forgotten == ["c", "c"]
+
+
+def speaker_in(prompt) -> str:
+    return prompt.messages[0].content.split(".")[0].removeprefix("You are ")

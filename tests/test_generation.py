@@ -14,6 +14,15 @@ def test_clean_reply_stops_at_next_turn_and_strips_own_name():
     assert clean_reply("\n\n", char="Orla") == ""
 
 
+def test_clean_reply_knows_the_speakers_by_name_only():
+    """Names are compared as text (any characters, any case); a line like "Time: noon" is not a turn."""
+    speakers = ("Mr. (Goldenfold)", "sailor*42")
+    raw = "orla :  Time: noon, as ever.\n\n  mr. (goldenfold): a question\nmore"
+    assert clean_reply(raw, char="Orla", user_names=speakers) == "Time: noon, as ever."
+    assert clean_reply("Aye.\nSAILOR*42 : and?", char="Orla", user_names=speakers) == "Aye."
+    assert clean_reply("Aye.\nsailor: not one of them", char="Orla", user_names=speakers) == "Aye.\nsailor: not one of them"
+
+
 def test_usable_rejects_empty_and_echo():
     assert not is_usable("", "hi")
     assert not is_usable("  ...  ", "hi")

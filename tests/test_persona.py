@@ -39,6 +39,7 @@ def test_round_trip_keeps_unknown_fields(tmp_path, sample_card):
 
 def test_substitute_is_case_insensitive_and_handles_legacy_tags():
     assert substitute("{{Char}} meets {{USER}}; <BOT> and <USER>", "Orla", "Sam") == "Orla meets Sam; Orla and Sam"
+    assert substitute("{{user}} waves", "Orla", r"C:\Users\1") == r"C:\Users\1 waves"  # a name is text, not a pattern
 
 
 def test_system_prompt_override_keeps_original():

@@ -57,16 +57,55 @@ class Memorised:
     def eval(self):
         return self
 
-    def __call__(self, input_ids, attention_mask=None):
+    def __call__(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False):
         import torch
 
+        start = past_key_values.ids if past_key_values is not None else []  # what was read before, as a cache holds it
         logits = torch.zeros(*input_ids.shape, self.vocab)
         for b, row in enumerate(input_ids.tolist()):
             for t in range(len(row)):
-                token = self.next.get(tuple(row[: t + 1]))
+                token = self.next.get(tuple(start + row[: t + 1]))
                 if token is not None:
                     logits[b, t, token] = 30.0
-        return type("Out", (), {"logits": logits})()
+        return type("Out", (), {"logits": logits, "past_key_values": _Read(input_ids[0].tolist()) if use_cache else None})()
+
+
+class _Read:
+    """The fake's cache: the tokens read, the same for every row."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    def batch_repeat_interleave(self, n: int) -> None:
+        pass
+
+
+def test_the_shared_context_read_once_gives_the_scores_of_whole_rows(setup):
+    """The candidates' context is read once and only the replies after it: the same log-likelihoods as
+    scoring each candidate's whole row on its own (a real model, real tokenizer and chat template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charbot.dataset import IGNORE, encode
+    from charbot.eval.selection import mean_logprobs
+    from charbot.rendering import Renderer
+
+    test, base = setup
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    renderer = Renderer.for_tokenizer(tok)
+    for ex, replies in list(zip(test, candidate_sets(test)))[:3]:
+        # every candidate starts with the same words: the shared tokens run into the replies, which are scored
+        replies = [f"Aye, sprat. {r}" for r in replies[:5]]
+        fast = mean_logprobs(model, tok, renderer, ex.messages, replies)
+        whole = []
+        for reply in replies:
+            ids, labels = encode(tok, renderer, [*ex.messages[:-1], {"role": "assistant", "content": reply}], last_only=True)
+            with torch.inference_mode():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+            scored = [logp[i - 1, t].item() for i, t in enumerate(labels) if t != IGNORE]
+            whole.append(sum(scored) / len(scored))
+        assert fast == pytest.approx(whole, abs=1e-4)
 
 
 def test_a_model_that_memorised_the_test_replies_ranks_each_first(setup):

@@ -3,22 +3,19 @@ it calls a backend through one protocol. No discord, torch or CLI code here."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from charbot import scene_turns
 from charbot.backends.base import Backend, PromptFormat, cache_key
 from charbot.generation import GenerationSettings, clean_reply, is_usable, trim_to_sentence
-from charbot.lore_scan import scan
 from charbot.lorebook import Lorebook
-from charbot.memory import MemoryStoreError, MemoryUnavailable, Store, Turn
-from charbot.persona import CharacterCard, render
-from charbot.prompt import BuiltPrompt, PromptBuilder
+from charbot.memory import MemoryStoreError, MemoryUnavailable, Store, Turn, write_exchange
+from charbot.persona import CharacterCard
+from charbot.prompt import BuiltPrompt, PromptBuilder, card_prompt
 from charbot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -43,21 +40,6 @@ class Reply:
     lore: tuple[str, ...] = ()  # the lorebook entries placed in the prompt: "label (why)"
 
 
-def card_prompt(
-    builder: PromptBuilder, card: CharacterCard, user_name: str, history: Sequence[Turn], text: str, speaker: str | None,
-    lorebooks: Sequence[tuple[str, Lorebook]] = (), history_start: int = 0,
-) -> BuiltPrompt:
-    """The prompt for `text` after `history` with `card` as persona: the lorebook entries that the conversation
-    fires (the card's own book first, as SillyTavern orders them, then `lorebooks`) placed inside the budget."""
-    books = ([(f"{card.name}'s card", card.book)] if card.book is not None and card.book.entries else []) + list(lorebooks)
-    lore = scan(books, [t.content for t in history] + [text]) if books else None
-    built = builder.build(
-        render(card, user_name), history, text, speaker, lore.fired if lore else (),
-        {name: book.token_budget for name, book in books if book.token_budget is not None}, history_start,
-    )
-    return replace(built, lore_notes=tuple(lore.notes)) if lore and lore.notes else built
-
-
 class Engine:
     def __init__(
         self,
@@ -73,8 +55,11 @@ class Engine:
         scheduler: Scheduler | None = None,
         memory_retry_seconds: float = MEMORY_RETRY_SECONDS,
         lorebooks: Sequence[tuple[str, Lorebook]] = (),
+        character_backends: Mapping[str, Backend] | None = None,
     ):
         self.backend = backend
+        # characters that name a model of their own (Discord --cast); every other character uses `backend`
+        self.character_backends = dict(character_backends or {})
         self.store = store
         self.default_persona = persona
         self.personas: dict[str, CharacterCard] = {persona.name: persona, **(personas or {})}
@@ -85,12 +70,24 @@ class Engine:
         self.lorebooks = list(lorebooks)  # (name, book): for every character, after the card's own book
         self.memory_status = "ok"  # or "error: …" while replies cannot be saved or memory cannot be read
         self.memory_retry_seconds = memory_retry_seconds
-        # Every generation goes through the scheduler: as many at once as the backend can serve.
+        # Every generation goes through the scheduler: as many at once as the backend can serve (with several
+        # models, the one scheduler also keeps a conversation's turns in order across them).
         self.scheduler = scheduler or Scheduler(backend.parallel)
+
+    def backend_for(self, card: CharacterCard) -> Backend:
+        return self.character_backends.get(card.name, self.backend)
+
+    @property
+    def backends(self) -> list[Backend]:
+        """Every backend, the default first, each once (characters may share a model)."""
+        return list({id(b): b for b in (self.backend, *self.character_backends.values())}.values())
 
     @property
     def prompt_format(self) -> PromptFormat:
-        return self.backend.default_prompt_format if self._format == "auto" else self._format  # type: ignore[return-value]
+        return self.format_for(self.backend)
+
+    def format_for(self, backend: Backend) -> PromptFormat:
+        return backend.default_prompt_format if self._format == "auto" else self._format  # type: ignore[return-value]
 
     # --- personas ------------------------------------------------------------------------------------
     async def persona_for(self, conversation_id: str) -> CharacterCard:
@@ -114,7 +111,8 @@ class Engine:
         return card
 
     async def reset(self, conversation_id: str) -> int:
-        self.backend.forget(conversation_id)  # and the model's saved states of it
+        for backend in self.backends:
+            backend.forget(conversation_id)  # and the model's saved states of it
         return await self._memory_call(self.store.reset(conversation_id))
 
     async def channel_cast(self, channel: str) -> list[str] | None:
@@ -140,12 +138,13 @@ class Engine:
         """The prompt for `text`: after `history` when given, else after the conversation's remembered turns;
         room is left for `max_new_tokens` (default: the engine's setting)."""
         card = persona or await self.persona_for(conversation_id)
+        backend = self.backend_for(card)
         builder = PromptBuilder(
-            self.backend.count_tokens,
-            context_window=self.backend.context_window,
+            backend.count_tokens,
+            context_window=backend.context_window,
             max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-            fmt=self.prompt_format,
-            eos_token=self.backend.eos_token,
+            fmt=self.format_for(backend),
+            eos_token=backend.eos_token,
         )
         start = history_start
         if history is None:
@@ -222,17 +221,18 @@ class Engine:
         settings = sampling or self.settings
         built, card = await self.build_prompt(conversation_id, text, speaker, persona, history, settings.max_new_tokens, history_start)
         settings = settings.with_stop(*self._stops(card, speaker))
+        backend = self.backend_for(card)
         users = tuple(n for n in (self.user_name, speaker) if n)
         tokens = 0
         reply = ""
         for attempt in range(1 + UNUSABLE_RETRIES):
             if on_update is not None and attempt == 0:
-                raw = await self._stream(built, settings, card.name, users, on_update)
-                used = self.backend.count_tokens(raw)
+                raw = await self._stream(backend, built, settings, card.name, users, on_update)
+                used = backend.count_tokens(raw)
                 truncated = used >= settings.max_new_tokens
             else:
                 attempt_settings = settings if attempt == 0 else settings.model_copy(update={"seed": None, "do_sample": True})
-                completion = await self.backend.complete(built.prompt, attempt_settings)
+                completion = await backend.complete(built.prompt, attempt_settings)
                 raw, used = completion.text, completion.completion_tokens
                 truncated = completion.finish_reason == "length" or used >= settings.max_new_tokens
             tokens += used
@@ -249,39 +249,20 @@ class Engine:
         return Reply(reply, card.name, tokens, time.perf_counter() - started, built.turns_kept, fallback, built.prompt_tokens, lore)
 
     async def _remember(self, conversation_id: str, turns: list[Turn]) -> None:
-        """A failing memory write must not cost the user the reply: log it and show it in `memory_status`.
-        The reply was delivered, so an unreachable database is retried (for `memory_retry_seconds`, the
-        conversation's next turn waiting meanwhile) under one exchange id: stored once, however often retried."""
-        exchange = uuid.uuid4().hex
-        deadline = time.monotonic() + self.memory_retry_seconds
-        wait = 0.05
-        while True:
-            try:
-                await self.store.add_exchange(conversation_id, turns, exchange)
-                break
-            except MemoryUnavailable as exc:
-                self._memory_failed(exc)
-                if time.monotonic() + wait > deadline:
-                    log.error("reply not remembered in %s: %s", conversation_id, exc)
-                    return
-                log.info("memory unavailable; retrying the write of %s in %.2f s", conversation_id, wait)
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 1.0)
-            except MemoryStoreError as exc:
-                self._memory_failed(exc)
-                log.error("reply not remembered in %s: %s", conversation_id, exc)
-                return
-        if self.memory_status != "ok":
+        """A failing memory write must not cost the user the reply: it is retried (see `write_exchange`), and
+        logged and shown in `memory_status` meanwhile."""
+        if await write_exchange(self.store, conversation_id, turns, self.memory_retry_seconds, self._memory_failed) \
+                and self.memory_status != "ok":
             log.warning("memory writes work again")
             self.memory_status = "ok"
 
     def _memory_failed(self, exc: MemoryStoreError) -> None:
         self.memory_status = f"error: {exc}"
 
-    async def _stream(self, built: BuiltPrompt, settings, char: str, users, on_update: OnUpdate) -> str:
+    async def _stream(self, backend: Backend, built: BuiltPrompt, settings, char: str, users, on_update: OnUpdate) -> str:
         raw = ""
         shown = ""
-        async for piece in self.backend.stream(built.prompt, settings):
+        async for piece in backend.stream(built.prompt, settings):
             raw += piece
             cleaned = clean_reply(raw, char=char, user_names=users, stops=settings.stop)
             if cleaned != shown and cleaned.startswith(shown):
@@ -293,8 +274,17 @@ class Engine:
 
     async def warm_up(self) -> None:
         """Load the model and run one tiny generation so the first user does not pay for it."""
-        if not self.backend.ready:
-            await self.backend.load()
         await self.store.open()
-        built, card = await self.build_prompt("", "Hello", persona=self.default_persona)
-        await self.backend.complete(built.prompt, self.settings.model_copy(update={"max_new_tokens": 1}))
+        for backend in self.backends:
+            if not backend.ready:
+                await backend.load()
+            card = next((c for c in (self.default_persona, *self.personas.values()) if self.backend_for(c) is backend), None)
+            if card is None:  # a model no loaded character names: nothing to warm it with
+                continue
+            built, _ = await self.build_prompt("", "Hello", persona=card)
+            await backend.complete(built.prompt, self.settings.model_copy(update={"max_new_tokens": 1}))
+
+    async def aclose(self) -> None:
+        """Release every model (the store is closed by whoever opened it)."""
+        for backend in self.backends:
+            await backend.aclose()

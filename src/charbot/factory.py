@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
 from charbot.backends import create_backend
+from charbot.backends.base import Backend
 from charbot.cards import CARD_SUFFIXES, find_card
 from charbot.config import Settings
 from charbot.engine import Engine
@@ -54,13 +55,24 @@ def load_personas(settings: Settings, cast: Sequence[CharacterCard] = ()) -> tup
     return default, personas
 
 
+def character_backends(settings: Settings, models: Mapping[str, str], default: Backend) -> dict[str, Backend]:
+    """A backend per distinct model that characters name (on the configured backend kind); a character naming
+    the bot's own model shares the default backend."""
+    made: dict[str | None, Backend] = {settings.model: default}
+    for model in models.values():
+        if model not in made:
+            made[model] = create_backend(settings.model_copy(update={"model": model}))
+    return {name: made[model] for name, model in models.items()}
+
+
 def build_engine(
     settings: Settings, *, backend=None, store: Store | None = None, max_inflight: int | None = None, max_queue: int | None = None,
-    cast: Sequence[CharacterCard] = (),
+    cast: Sequence[CharacterCard] = (), character_models: Mapping[str, str] | None = None,
 ) -> Engine:
     """The engine the settings describe. A transport that bounds its load passes `max_inflight` and `max_queue`:
     the scheduler then runs min(max_inflight, what the backend serves at once) generations, and is fixed. A `cast`
-    (Discord's --cast) is loaded as characters of this one engine: one backend, one model in memory, for all."""
+    (Discord's --cast) is loaded as characters of this one engine: one backend, one model in memory, for all but
+    the characters in `character_models` (name → model), which get one backend per distinct model."""
     default, personas = load_personas(settings, cast)
     backend = backend if backend is not None else create_backend(settings)
     capacity = min(max_inflight or backend.parallel, backend.parallel)
@@ -74,5 +86,6 @@ def build_engine(
         fallback_reply=settings.fallback_reply,
         personas=personas,
         scheduler=Scheduler(capacity, max_queue=max_queue, timeout=settings.queue_timeout),
+        character_backends=character_backends(settings, character_models or {}, backend),
         lorebooks=[(f"lorebook {Path(settings.lorebook).name}", load_lorebook(settings.lorebook))] if settings.lorebook else (),
     )

@@ -60,6 +60,7 @@ class NoRepeatNGram:
 
 
 _WS = re.compile(r"[ \t]+")
+_LINE_NAME = re.compile(r"(?:^|\n)\s*([^\n:]+?)\s*:")  # a line that begins "Name:"; group 1 is the name
 
 
 def _norm(text: str) -> str:
@@ -73,15 +74,17 @@ def clean_reply(raw: str, *, char: str, user_names: tuple[str, ...] = (), stops:
         if stop and stop in text:
             text = text[: text.index(stop)]
     # A model writing the other side's next turn: "...\nUser: ..." or "...\nChar: ..."
-    names = [n for n in (*user_names, char) if n]
+    names = {n.casefold() for n in (*user_names, char) if n}
     if names:
-        marker = re.compile(r"(?:^|\n)\s*(?:" + "|".join(re.escape(n) for n in names) + r")\s*:", re.IGNORECASE)
-        first = re.match(r"\s*" + re.escape(char) + r"\s*:\s*", text, re.IGNORECASE)
-        if first:
-            text = text[first.end() :]
-        m = marker.search(text)
-        if m:
-            text = text[: m.start()]
+        first = _LINE_NAME.match(text)
+        if first and first.group(1).casefold() == char.casefold():
+            text = text[first.end() :].lstrip()
+        # one fixed pattern, the names compared as strings: a pattern per speaker would be compiled again for
+        # every message once a server has more speakers than re's cache holds
+        for m in _LINE_NAME.finditer(text):
+            if m.group(1).casefold() in names:
+                text = text[: m.start()]
+                break
     lines = [_WS.sub(" ", line).strip() for line in text.strip().splitlines()]
     return "\n".join(line for line in lines if line).strip()
 

@@ -9,7 +9,11 @@ event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +22,7 @@ from urllib.parse import urlsplit
 from charbot.errors import CharbotError, ConfigError
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+log = logging.getLogger(__name__)
 URL_FIX = "set memory_url (CHARBOT_MEMORY_URL / --memory-url) to a file path, sqlite:///path or postgresql://user@host:5432/db"
 
 
@@ -66,6 +71,7 @@ class Store(Protocol):
     async def count_messages(self, conversation_id: str | None = None) -> int: ...
     async def dump_conversations(self) -> list[ConversationRow]: ...
     async def dump_messages(self, after_id: int, limit: int) -> list[MessageRow]: ...
+    async def dump_channel_casts(self) -> list[tuple[str, list[str]]]: ...
     async def load(self, conversations: Sequence[ConversationRow], messages: Sequence[MessageRow]) -> int: ...
 
 
@@ -113,3 +119,29 @@ def create_store(url: str | Path, *, timeout: float = 5.0) -> Store:
     from charbot.memory_sqlite import SqliteStore
 
     return SqliteStore(text[len("sqlite://"):] if scheme else text)
+
+
+async def write_exchange(store: Store, conversation_id: str, turns: Sequence[Turn], retry_seconds: float,
+                         failed: Callable[[MemoryStoreError], None]) -> bool:
+    """Store a delivered exchange; True when stored. An unreachable database is retried (for `retry_seconds`,
+    the conversation's next turn waiting meanwhile) under one exchange id: stored once, however often retried.
+    Each failure goes to `failed`; a write that cannot succeed (a full disk) is logged and dropped."""
+    exchange = uuid.uuid4().hex
+    deadline = time.monotonic() + retry_seconds
+    wait = 0.05
+    while True:
+        try:
+            await store.add_exchange(conversation_id, turns, exchange)
+            return True
+        except MemoryUnavailable as exc:
+            failed(exc)
+            if time.monotonic() + wait > deadline:
+                log.error("reply not remembered in %s: %s", conversation_id, exc)
+                return False
+            log.info("memory unavailable; retrying the write of %s in %.2f s", conversation_id, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 1.0)
+        except MemoryStoreError as exc:
+            failed(exc)
+            log.error("reply not remembered in %s: %s", conversation_id, exc)
+            return False

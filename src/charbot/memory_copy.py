@@ -4,7 +4,7 @@ the PostgreSQL database its processes will share.
 Idempotent: every message is keyed by its exchange id and position, so a second run (or a run interrupted and
 started again) inserts only what is missing. Messages written before exchange ids existed get a key derived
 from their content and source row, the same on every run. Conversations already in the destination keep their
-character choice.
+character choice, and channels their cast (Discord --cast).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class Copied:
     conversations: int
     messages: int  # in the source
     inserted: int  # new in the destination (the rest were there already)
+    casts: int = 0  # channel casts copied (channels without one in the destination)
 
 
 def keyed(row: MessageRow) -> MessageRow:
@@ -44,6 +45,11 @@ async def copy_memory(src: Store, dst: Store, *, batch: int = 1000) -> Copied:
         inserted += await dst.load([], [keyed(r) for r in rows])
         messages += len(rows)
         after = rows[-1][0]
+    casts = 0
+    for channel, names in await src.dump_channel_casts():
+        if await dst.channel_cast(channel) is None:
+            await dst.set_channel_cast(channel, names)
+            casts += 1
     short = [cid for cid, *_ in conversations if await dst.count_messages(cid) < await src.count_messages(cid)]
     if short:
         raise CharbotError(
@@ -51,4 +57,4 @@ async def copy_memory(src: Store, dst: Store, *, batch: int = 1000) -> Copied:
             f"{redact(src.location)} (first: {short[0]})",
             "run the same command again (it copies only what is missing); if it persists, the destination was pruned meanwhile",
         )
-    return Copied(len(conversations), messages, inserted)
+    return Copied(len(conversations), messages, inserted, casts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -22,59 +22,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from charbot.errors import ConfigError
 from charbot.memory import ConversationRow, MemoryStoreError, MemoryUnavailable, MessageRow, Turn, redact
+from charbot.memory_postgres_schema import MIGRATION_LOCK, MIGRATIONS
 
 log = logging.getLogger(__name__)
 
-Migration = Callable[[psycopg.AsyncConnection], Awaitable[None]]
-MIGRATIONS: list[tuple[str, Migration]] = []
-# pg_advisory_xact_lock key: any constant other applications are unlikely to pick ("charbot" in ASCII).
-MIGRATION_LOCK = 0x63686172626F74
 CONNECT_TIMEOUT = 5  # seconds to reach the server
 POOL_TIMEOUT = 5.0  # seconds a call waits for a connection before the database counts as unavailable
-
-
-def migration(fn: Migration) -> Migration:
-    MIGRATIONS.append((fn.__name__, fn))
-    return fn
-
-
-@migration
-async def m001_initial(db: psycopg.AsyncConnection) -> None:
-    await db.execute("""
-        CREATE TABLE conversations (
-            id TEXT PRIMARY KEY,
-            persona TEXT,
-            created_at DOUBLE PRECISION NOT NULL,
-            updated_at DOUBLE PRECISION NOT NULL
-        )""")
-    await db.execute("""
-        CREATE TABLE messages (
-            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-            speaker TEXT,
-            content TEXT NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL
-        )""")
-    await db.execute("CREATE INDEX messages_by_conversation ON messages(conversation_id, id)")
-
-
-@migration
-async def m002_message_created_index(db: psycopg.AsyncConnection) -> None:
-    await db.execute("CREATE INDEX messages_by_created ON messages(created_at)")
-
-
-@migration
-async def m003_exchange_ids(db: psycopg.AsyncConnection) -> None:
-    # See memory_sqlite_schema.m003_exchange_ids: a retried write stores each turn once.
-    await db.execute("ALTER TABLE messages ADD COLUMN exchange_id TEXT, ADD COLUMN seq INTEGER")
-    await db.execute("CREATE UNIQUE INDEX messages_by_exchange ON messages(exchange_id, seq)")
-
-
-@migration
-async def m004_channel_cast(db: psycopg.AsyncConnection) -> None:
-    # See memory_sqlite_schema.m004_channel_cast: a channel's active cast, names in speaking order.
-    await db.execute("CREATE TABLE channel_casts (channel TEXT PRIMARY KEY, names TEXT[] NOT NULL, updated_at DOUBLE PRECISION NOT NULL)")
 
 
 INSERT_MESSAGE = (
@@ -288,6 +241,9 @@ class PostgresStore:
             "SELECT id, conversation_id, role, speaker, content, created_at, exchange_id, seq FROM messages "
             "WHERE id > %s ORDER BY id LIMIT %s", (after_id, limit),
         )
+
+    async def dump_channel_casts(self) -> list[tuple[str, list[str]]]:
+        return [(channel, list(names)) for channel, names in await self._fetch("SELECT channel, names FROM channel_casts ORDER BY channel")]
 
     async def load(self, conversations: Sequence[ConversationRow], messages: Sequence[MessageRow]) -> int:
         inserted = 0

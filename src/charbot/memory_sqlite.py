@@ -7,18 +7,17 @@ engine uses, running every call on one thread of its own so the event loop never
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from charbot.memory import ConversationRow, MemoryStoreError, MessageRow, Turn
 from charbot.memory_sqlite_schema import MIGRATIONS
+from charbot.store_thread import StoreThread
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (conversation_id, role, speaker, content, created_at, exchange_id, seq) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -32,7 +31,9 @@ class SqliteMemory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.location = str(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._grouped = False  # inside together(): writes share one transaction
+        self._closed = False
         try:
             if str(path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +80,29 @@ class SqliteMemory:
         rows = [(conversation_id, t.role, t.speaker, t.content, now, exchange_id, i if exchange_id else None) for i, t in enumerate(turns)]
         self._write(lambda: (self._touch(conversation_id, now), self._db.executemany(INSERT_MESSAGE, rows)))
 
+    @contextlib.contextmanager
+    def together(self):
+        """The calls made inside share one transaction, begun by the first write and committed at the end: a
+        burst of writes is one commit (8 µs a write here instead of 50). Each write is a savepoint of it, so one
+        that fails undoes only itself; if the commit fails, none is kept and the error is raised here."""
+        with self._lock:
+            self._grouped = True
+            try:
+                yield
+            finally:
+                self._grouped = False
+            if not self._closed and self._db.in_transaction:
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise self._write_error(exc) from None
+
     def _write(self, work: Callable[[], object]) -> None:
         with self._lock:
+            if self._grouped:
+                return self._write_grouped(work)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 work()
@@ -90,6 +112,20 @@ class SqliteMemory:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute("ROLLBACK")
                 raise self._write_error(exc) from None
+
+    def _write_grouped(self, work: Callable[[], object]) -> None:
+        try:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("SAVEPOINT write")
+            work()
+            self._db.execute("RELEASE write")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK TO write")
+                    self._db.execute("RELEASE write")
+            raise self._write_error(exc) from None
 
     def _write_error(self, exc: BaseException) -> BaseException:
         """Read-only file, full disk, locked or damaged file: one line for the log and health page.
@@ -179,9 +215,7 @@ class SqliteMemory:
         with self._lock:
             if conversation_id is None:
                 return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-            return self._db.execute(
-                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)
-            ).fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)).fetchone()[0]
 
     # --- copying (`charbot memory migrate`) ----------------------------------------------------------
     def dump_conversations(self) -> list[ConversationRow]:
@@ -194,6 +228,10 @@ class SqliteMemory:
                 "SELECT id, conversation_id, role, speaker, content, created_at, exchange_id, seq FROM messages "
                 "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit),
             ).fetchall()
+
+    def dump_channel_casts(self) -> list[tuple[str, list[str]]]:
+        with self._lock:
+            return [(channel, json.loads(names)) for channel, names in self._db.execute("SELECT channel, names FROM channel_casts ORDER BY channel")]
 
     def load(self, conversations: Sequence[ConversationRow], messages: Sequence[MessageRow]) -> int:
         """Insert what is not there yet (messages are keyed by exchange id and seq); returns messages inserted."""
@@ -210,12 +248,15 @@ class SqliteMemory:
 
     def close(self) -> None:
         with self._lock:
+            if self._db.in_transaction:  # a batch's writes made before the close are kept
+                self._db.execute("COMMIT")
             self._db.close()
+            self._closed = True
 
 
 def _delegate(name: str):
     async def call(self: SqliteStore, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(self._thread, lambda: getattr(self.sync, name)(*args, **kwargs))
+        return await self._thread.call(lambda: getattr(self.sync, name)(*args, **kwargs))
 
     call.__name__ = name
     call.__doc__ = getattr(SqliteMemory, name).__doc__
@@ -230,14 +271,14 @@ class SqliteStore:
         self.sync = SqliteMemory(path)
         self.path = self.sync.path
         self.location = self.sync.location
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="charbot-sqlite")
+        self._thread = StoreThread("charbot-sqlite", together=self.sync.together)
 
     async def open(self) -> None:
         """Nothing to do: the file was opened and migrated when the store was made."""
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.sync.close)
-        self._thread.shutdown(wait=False)
+        await self._thread.call(self.sync.close)
+        self._thread.stop()
 
     applied_migrations = _delegate("applied_migrations")
     add_exchange = _delegate("add_exchange")
@@ -254,4 +295,5 @@ class SqliteStore:
     count_messages = _delegate("count_messages")
     dump_conversations = _delegate("dump_conversations")
     dump_messages = _delegate("dump_messages")
+    dump_channel_casts = _delegate("dump_channel_casts")
     load = _delegate("load")

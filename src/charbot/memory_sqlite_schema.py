@@ -1,5 +1,5 @@
 """The SQLite memory's schema, as named migrations applied in order, each once (memory_sqlite.py runs them).
-memory_postgres.py has the same names for the same changes."""
+memory_postgres_schema.py has the same names for the same changes."""
 
 from __future__ import annotations
 

@@ -131,8 +131,14 @@ def save_card(card: CharacterCard, path: str | Path) -> Path:
     return path
 
 
+_CHAR = re.compile(r"\{\{char\}\}|<BOT>", re.I)
+_USER = re.compile(r"\{\{user\}\}|<USER>", re.I)
+
+
 def substitute(text: str, char: str, user: str) -> str:
-    return re.sub(r"\{\{char\}\}|<BOT>", char, re.sub(r"\{\{user\}\}|<USER>", user, text, flags=re.I), flags=re.I)
+    if "{{" not in text and "<" not in text:  # most fields have no macro: every prompt renders the card
+        return text
+    return _CHAR.sub(lambda _: char, _USER.sub(lambda _: user, text))
 
 
 def example_dialogues(card: CharacterCard) -> list[list[ExampleTurn]]:

@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from charbot.backends.base import Prompt, PromptFormat
-from charbot.lore_scan import Activation
+from charbot.lore_scan import Activation, scan
+from charbot.lorebook import Lorebook
 from charbot.memory import Turn
-from charbot.persona import RenderedPersona, substitute
+from charbot.persona import CharacterCard, RenderedPersona, render, substitute
 from charbot.rendering import dialogpt_text, merged_turns, speaker_text
 
 MESSAGE_OVERHEAD = 5  # chat-template markers per message (<|im_start|>role\n … <|im_end|>\n)
@@ -186,3 +187,18 @@ class PromptBuilder:
         cut = text[:lo]
         at = cut.rfind(" ")
         return (cut[:at] if at > lo // 2 else cut).rstrip() + " …"
+
+
+def card_prompt(
+    builder: PromptBuilder, card: CharacterCard, user_name: str, history: Sequence[Turn], text: str, speaker: str | None,
+    lorebooks: Sequence[tuple[str, Lorebook]] = (), history_start: int = 0,
+) -> BuiltPrompt:
+    """The prompt for `text` after `history` with `card` as persona: the lorebook entries that the conversation
+    fires (the card's own book first, as SillyTavern orders them, then `lorebooks`) placed inside the budget."""
+    books = ([(f"{card.name}'s card", card.book)] if card.book is not None and card.book.entries else []) + list(lorebooks)
+    lore = scan(books, [t.content for t in history] + [text]) if books else None
+    built = builder.build(
+        render(card, user_name), history, text, speaker, lore.fired if lore else (),
+        {name: book.token_budget for name, book in books if book.token_budget is not None}, history_start,
+    )
+    return replace(built, lore_notes=tuple(lore.notes)) if lore and lore.notes else built

@@ -68,6 +68,7 @@ class Scheduler:
         self._timeout = timeout
         self._clock = clock
         self._waiting: deque[_Waiter] = deque()
+        self._waiting_keys: dict[str | None, int] = {}  # how many waiters each conversation has in the line
         self._running_keys: dict[str | None, int] = {}
         self.inflight = 0
         self.served = 0
@@ -119,26 +120,41 @@ class Scheduler:
                 self._running_keys[key] = left
         self._dispatch()
 
+    def _enqueue(self, waiter: _Waiter) -> None:
+        self._waiting.append(waiter)
+        self._waiting_keys[waiter.key] = self._waiting_keys.get(waiter.key, 0) + 1
+
+    def _leave(self, waiter: _Waiter) -> None:
+        self._waiting.remove(waiter)  # the ones leaving are near the front, where remove() looks first
+        left = self._waiting_keys.pop(waiter.key) - 1
+        if left:
+            self._waiting_keys[waiter.key] = left
+
     def _dispatch(self) -> None:
-        """Start waiters in arrival order, skipping those whose conversation is generating now."""
+        """Start waiters in arrival order, skipping those whose conversation is generating now. Stops at the
+        first waiters that fill the capacity: with a thousand waiting, a freed slot costs a few steps, not a
+        pass over the line."""
         if not self._waiting or self.inflight >= self.capacity:
             return
         blocked: set[str | None] = set()
-        for waiter in list(self._waiting):
+        leaving = []
+        for waiter in self._waiting:  # not changed inside the loop: set_result only schedules callbacks
             if self.inflight >= self.capacity:
                 break
             if waiter.future.done():
-                self._waiting.remove(waiter)
+                leaving.append(waiter)
                 continue
             # an earlier waiter of the same conversation that could not start keeps its turn
             if waiter.key is not None and waiter.key in blocked:
                 continue
             if self._can_start(waiter.key):
-                self._waiting.remove(waiter)
+                leaving.append(waiter)
                 self._start(waiter.key)
                 waiter.future.set_result(None)
             elif waiter.key is not None:
                 blocked.add(waiter.key)
+        for waiter in leaving:
+            self._leave(waiter)
 
     @contextlib.asynccontextmanager
     async def slot(self, key: str | None = None, *, deadline: float | None = None) -> AsyncIterator[Held]:
@@ -149,7 +165,7 @@ class Scheduler:
         """
         if deadline is None:
             deadline = self.deadline()
-        same_key_waiting = key is not None and any(w.key == key for w in self._waiting)
+        same_key_waiting = key is not None and key in self._waiting_keys
         if self._can_start(key) and not same_key_waiting:
             self._start(key)
         else:
@@ -160,7 +176,7 @@ class Scheduler:
                     "raise max_queue (discord_max_queue) or parallel",
                 )
             waiter = _Waiter(key, asyncio.get_running_loop().create_future())
-            self._waiting.append(waiter)
+            self._enqueue(waiter)
             try:
                 remaining = None if deadline is None else max(0.0, deadline - self._clock())
                 await asyncio.wait_for(asyncio.shield(waiter.future), remaining)
@@ -171,7 +187,7 @@ class Scheduler:
                 else:
                     waiter.future.cancel()
                     with contextlib.suppress(ValueError):
-                        self._waiting.remove(waiter)
+                        self._leave(waiter)
                     self._dispatch()
                 if isinstance(exc, asyncio.CancelledError):
                     raise

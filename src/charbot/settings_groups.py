@@ -100,6 +100,10 @@ class DiscordSettings(_Group):
     avatar_urls: dict[str, str] = Field(
         default_factory=dict, description="Avatar picture URL per character name (wins over the card's own picture).",
     )
+    character_models: dict[str, str] = Field(
+        default_factory=dict, description="A model of its own per character name (what `model` takes, on the configured backend); "
+        "characters naming the same model share one instance, the others share the bot's model.",
+    )
     public_url: str | None = Field(
         None, description="Where Discord can reach this bot's health page (e.g. https://bot.example.com): cards' embedded "
         "pictures are served there under /avatars/ and used as the characters' avatars.",

@@ -45,5 +45,5 @@ async def _migrate(src_url: str, dst_url: str, batch: int) -> None:
     click.echo(
         f"copied {copied.conversations} conversations and {copied.messages} messages from {redact(src_url)} to {redact(dst_url)}: "
         f"{copied.inserted} new, {copied.messages - copied.inserted} already there; the destination holds {total} messages; "
-        "row counts check out"
+        f"{copied.casts} channel casts copied; row counts check out"
     )

@@ -37,15 +37,17 @@ def cast_from_settings(settings: Settings) -> Cast | None:
     d = settings.discord
     if d.cast_dir is None:
         return None
-    return load_cast(d.cast_dir, talkativeness=d.talkativeness, avatar_urls=d.avatar_urls, public_url=d.public_url)
+    return load_cast(d.cast_dir, talkativeness=d.talkativeness, avatar_urls=d.avatar_urls, public_url=d.public_url, models=d.character_models)
 
 
 def discord_engine(settings: Settings, *, cast: Cast | None = None, **parts) -> Engine:
     """The engine for the bot: its scheduler bounded by the Discord load settings, once, at assembly; the cast's
-    characters are its personas (one backend for all of them)."""
+    characters are its personas (one backend for all of them, but for those naming a model of their own)."""
     cast = cast if cast is not None else cast_from_settings(settings)
     cards = [c.card for c in cast.characters.values()] if cast is not None else ()
-    return build_engine(settings, max_inflight=settings.discord.max_inflight, max_queue=settings.discord.max_queue, cast=cards, **parts)
+    models = {c.name: c.model for c in cast.characters.values() if c.model} if cast is not None else {}
+    return build_engine(settings, max_inflight=settings.discord.max_inflight, max_queue=settings.discord.max_queue, cast=cards,
+                        character_models=models, **parts)
 
 
 class CharBot(commands.AutoShardedBot):
@@ -128,7 +130,7 @@ class CharBot(commands.AutoShardedBot):
             await self.add_cog(CastCog(self))
         if self.sync_commands:
             self.commands_synced = await sync_if_changed(self.tree, self.application_id, self.command_hash_path())
-        log.info("model ready (%s)", self.engine.backend.describe())
+        log.info("model ready (%s)", "; ".join(b.describe() for b in self.engine.backends))
 
     async def _keep_warming(self, first_wait: float = 2.0, longest_wait: float = 60.0) -> None:
         wait = first_wait
@@ -140,7 +142,7 @@ class CharBot(commands.AutoShardedBot):
                 log.info("backend still not ready: %s", exc)
                 wait = min(wait * 2, longest_wait)
                 continue
-            log.warning("backend ready (%s)", self.engine.backend.describe())
+            log.warning("backend ready (%s)", "; ".join(b.describe() for b in self.engine.backends))
             return
 
     def command_hash_path(self) -> Path:
@@ -192,13 +194,13 @@ class CharBot(commands.AutoShardedBot):
 
     def status(self) -> dict[str, Any]:
         connected = self.gateway_connected()
-        backend_ready = bool(self.engine.backend.ready)
+        backend_ready = all(b.ready for b in self.engine.backends)
         latency = self.latency
         return {
             "ready": connected and backend_ready,
             "gateway_connected": connected,
             "backend_ready": backend_ready,
-            "backend_status": self.engine.backend.status,
+            "backend_status": "; ".join(b.status for b in self.engine.backends),
             "memory": self.engine.memory_status,
             "memory_store": self.engine.store.location,
             "latency_seconds": round(latency, 4) if math.isfinite(latency) else None,

@@ -30,6 +30,7 @@ class Character:
     avatar_url: str | None
     image: bytes | None  # the card's embedded picture, served under /avatars/ when there is a public URL
     source: Path
+    model: str | None = None  # a model of its own (discord_character_models); None: the bot's model
 
     @property
     def name(self) -> str:
@@ -87,14 +88,14 @@ class Cast:
 
 
 def load_cast(directory: Path, *, talkativeness: float = 0.5, avatar_urls: dict[str, str] | None = None,
-              public_url: str | None = None) -> Cast:
+              public_url: str | None = None, models: dict[str, str] | None = None) -> Cast:
     """Every card in `directory`; a bad one is a one-line PersonaError naming its file."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise PersonaError(f"cast_dir {directory} is not a directory", "pass --cast a folder of character cards (.json, .png, .charx)")
     characters: list[Character] = []
     seen: dict[str, Path] = {}
-    avatar_urls = avatar_urls or {}
+    avatar_urls, models = avatar_urls or {}, models or {}
     for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in CARD_SUFFIXES and p.is_file()):
         file = read_card_file(path)
         name = file.card.name
@@ -104,12 +105,13 @@ def load_cast(directory: Path, *, talkativeness: float = 0.5, avatar_urls: dict[
         seen[name.casefold()] = path
         characters.append(Character(
             file.card, talkativeness_of(file.card, talkativeness), avatar_url_of(file.card, file.image, avatar_urls.get(name), public_url),
-            file.image, path,
+            file.image, path, models.get(name),
         ))
     if not characters:
         raise PersonaError(f"cast_dir {directory} holds no character cards", "put .json, .png or .charx cards in it (e.g. from `charbot prepare --cast`)")
-    unknown = sorted(set(avatar_urls) - set(seen_names := [c.name for c in characters]))
-    if unknown:
-        raise ConfigError(f"discord_avatar_urls names {', '.join(map(repr, unknown))}, not in the cast ({', '.join(seen_names)})",
-                          "use the characters' names as their cards spell them")
+    names = [c.name for c in characters]
+    for setting, named in (("discord_avatar_urls", avatar_urls), ("discord_character_models", models)):
+        if unknown := sorted(set(named) - set(names)):
+            raise ConfigError(f"{setting} names {', '.join(map(repr, unknown))}, not in the cast ({', '.join(names)})",
+                              "use the characters' names as their cards spell them")
     return Cast(characters)

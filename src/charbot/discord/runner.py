@@ -66,5 +66,5 @@ async def serve(bot: CharBot, token: str, *, health: bool = True, on_health_port
             loop.remove_signal_handler(signal.SIGTERM)
         if server is not None:
             await server.stop()
-        await bot.engine.backend.aclose()
+        await bot.engine.aclose()
         await bot.engine.store.close()

@@ -156,7 +156,8 @@ class Scenes:
     # --- health ------------------------------------------------------------------------------------
     def status(self) -> dict:
         return {
-            "characters": {name: {**self.stats[name], "talkativeness": c.talkativeness, "avatar": c.avatar_url is not None}
+            "characters": {name: {**self.stats[name], "talkativeness": c.talkativeness, "avatar": c.avatar_url is not None,
+                                  **({"model": c.model} if c.model else {})}
                            for name, c in self.cast.characters.items()},
             "scene_turns": self.max_turns,
             "webhooks_created": self.poster.created,

@@ -121,7 +121,7 @@ def with_card(examples: list[Example], card, count_tokens, max_new_tokens: int, 
     """Each held-out example with the persona that chat and Discord would send for `card` in place of the system
     message `prepare` wrote: the card's text and the lorebook entries its context fires, the example dialogue
     and greeting, then the example's own turns (as much of them as the context window holds)."""
-    from charbot.engine import card_prompt
+    from charbot.prompt import card_prompt
     from charbot.memory import Turn
     from charbot.prompt import PromptBuilder
 

@@ -74,21 +74,40 @@ def summarise(ranks: list[int], candidates: int) -> Selection:
 
 def mean_logprobs(model, tokenizer, renderer: Renderer, messages: list[dict], replies: list[str], *, named: str | None = None,
                   max_length: int = 512) -> list[float]:
-    """Length-normalised log-likelihood of each reply as the last turn of `messages` (one padded batch)."""
+    """Length-normalised log-likelihood of each reply as the last turn of `messages`.
+
+    The candidates share the context: its tokens are read once, and only the replies are read in one padded
+    batch after it (the context's keys and values repeated per row). On a CPU that is most of eval's time saved
+    (20 candidates of ~20 tokens after a ~400-token context: ~800 tokens read instead of ~8,000); the scores are
+    the same as reading each row whole (tests/test_selection.py compares them)."""
     import torch
 
     rows = []
     for reply in replies:
         ids, labels = encode(tokenizer, renderer, [*messages[:-1], {"role": "assistant", "content": reply}], last_only=True, speaker=named)
         rows.append((ids[-max_length:], labels[-max_length:]))
-    width = max(len(ids) for ids, _ in rows)
+    # the shared start: equal in every row, and before every row's first scored token
+    shared = min(min(len(ids) for ids, _ in rows) - 1, min(next(i for i, t in enumerate(lab) if t != IGNORE) for _, lab in rows))
+    first = rows[0][0]
+    while shared > 0 and any(ids[:shared] != first[:shared] for ids, _ in rows):
+        shared -= 1
+    tails = [(ids[shared:], labels[shared:]) for ids, labels in rows]
+    width = max(len(ids) for ids, _ in tails)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
-    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
-    targets = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in rows])
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in tails])
+    attention = torch.tensor([[1] * (shared + len(ids)) + [0] * (width - len(ids)) for ids, _ in tails])
+    targets = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in tails])
     with torch.inference_mode():
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-    targets = targets[:, 1:]
+        if shared:
+            head = model(input_ids=torch.tensor([first[:shared]]), use_cache=True)
+            cache = head.past_key_values
+            cache.batch_repeat_interleave(len(rows))
+            out = model(input_ids=input_ids, attention_mask=attention, past_key_values=cache).logits
+            # position `shared` is predicted by the shared start's last position
+            logits = torch.cat([head.logits[:, -1:].expand(len(rows), 1, -1), out[:, :-1]], dim=1).float()
+        else:
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+            targets = targets[:, 1:]
     mask = targets != IGNORE
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     sums = (logp * mask).sum(dim=1)

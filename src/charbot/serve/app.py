@@ -108,7 +108,7 @@ class ServeApp:
         """The memory key of a named conversation with one character (its id is chosen by the client, and
         the same id with another character is another conversation)."""
         key = _memory_key(model_id, conversation)
-        if await self.engine.store.get_persona(key) != card.name:
+        if await self.engine.chosen_persona(key) != card.name:
             await self.engine.set_persona(key, card.name)
         return key
 

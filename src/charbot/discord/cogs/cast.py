@@ -48,6 +48,14 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
         line = "In this channel: " + ", ".join(f"**{n}** ({cast[n].talkativeness:.0%} talkative)" for n in active) + "."
         return line + (f" Also in the cast: {', '.join(benched)}." if benched else "")
 
+    async def _active(self, interaction: discord.Interaction) -> list[str] | None:
+        """The channel's active cast; None when memory cannot be read (the member was told)."""
+        try:
+            return await self.scenes.active(interaction.channel)
+        except MemoryStoreError as exc:
+            await self._memory_failed(interaction, exc)
+            return None
+
     async def _change(self, interaction: discord.Interaction, name: str, adding: bool) -> None:
         if await self._refused(interaction, changes=True):
             return
@@ -56,10 +64,8 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
         if character is None:
             await interaction.response.send_message(f"No character called {name!r} in the cast. Characters: {', '.join(cast.names)}.", ephemeral=True)
             return
-        try:
-            active = await self.scenes.active(interaction.channel)
-        except MemoryStoreError as exc:
-            await self._memory_failed(interaction, exc)
+        active = await self._active(interaction)
+        if active is None:
             return
         if adding and character.name in active:
             await interaction.response.send_message(f"**{character.name}** is already here.", ephemeral=True)
@@ -85,12 +91,9 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
     async def list_(self, interaction: discord.Interaction) -> None:
         if await self._refused(interaction, changes=False):
             return
-        try:
-            active = await self.scenes.active(interaction.channel)
-        except MemoryStoreError as exc:
-            await self._memory_failed(interaction, exc)
-            return
-        await interaction.response.send_message(self._listing(active), ephemeral=True)
+        active = await self._active(interaction)
+        if active is not None:
+            await interaction.response.send_message(self._listing(active), ephemeral=True)
 
     @app_commands.command(name="add", description="Bring a character of the cast into this channel.")
     @app_commands.describe(name="The character")
