@@ -245,8 +245,8 @@ def _bad_values(annotation) -> list[str]:
         return ["1,2", "[1, \"x\"]", "{not json"]
     if typing.get_origin(kind) is tuple:
         return ["{not json", "[1, 2]"]
-    if typing.get_origin(kind) is dict:  # name -> URL
-        return ["{not json", "[1, 2]", '{"Rick": "ftp://nope"}']
+    if typing.get_origin(kind) is dict:  # name -> URL or model: never empty
+        return ["{not json", "[1, 2]", '{"Rick": ""}']
     return []
 
 

@@ -57,7 +57,7 @@ class Memorised:
     def eval(self):
         return self
 
-    def __call__(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False):
+    def __call__(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, logits_to_keep=0):
         import torch
 
         start = past_key_values.ids if past_key_values is not None else []  # what was read before, as a cache holds it

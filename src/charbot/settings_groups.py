@@ -119,6 +119,14 @@ class DiscordSettings(_Group):
                 raise ValueError(f"the avatar URL for {name!r} must start with http:// or https://")
         return value
 
+    @field_validator("character_models")
+    @classmethod
+    def _models(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, model in value.items():
+            if not model.strip():
+                raise ValueError(f"the model for {name!r} is empty: give a GGUF file, a model directory or a hub id")
+        return value
+
     @field_validator("gateway_url")
     @classmethod
     def _ws_url(cls, value: str | None) -> str | None:

@@ -14,12 +14,15 @@ by being short.
 
 from __future__ import annotations
 
+import copy
+
 import random
 from dataclasses import dataclass
 
 from charbot.dataset import IGNORE, Example, encode
 from charbot.rendering import Renderer
 
+CHUNK = 5  # candidates scored in one batch
 CANDIDATES = 20
 NEAR_ROWS = 20  # without scene marks, lines this close may be the same exchange going on
 
@@ -76,10 +79,9 @@ def mean_logprobs(model, tokenizer, renderer: Renderer, messages: list[dict], re
                   max_length: int = 512) -> list[float]:
     """Length-normalised log-likelihood of each reply as the last turn of `messages`.
 
-    The candidates share the context: its tokens are read once, and only the replies are read in one padded
-    batch after it (the context's keys and values repeated per row). On a CPU that is most of eval's time saved
-    (20 candidates of ~20 tokens after a ~400-token context: ~800 tokens read instead of ~8,000); the scores are
-    the same as reading each row whole (tests/test_selection.py compares them)."""
+    The candidates share the context: its tokens are read once, and only the replies after it, in batches of
+    similar length (the context's keys and values repeated per row). The scores are those of reading each row
+    whole (tests/test_selection.py compares them), for a fraction of the tokens read."""
     import torch
 
     rows = []
@@ -92,27 +94,33 @@ def mean_logprobs(model, tokenizer, renderer: Renderer, messages: list[dict], re
     while shared > 0 and any(ids[:shared] != first[:shared] for ids, _ in rows):
         shared -= 1
     tails = [(ids[shared:], labels[shared:]) for ids, labels in rows]
-    width = max(len(ids) for ids, _ in tails)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in tails])
-    attention = torch.tensor([[1] * (shared + len(ids)) + [0] * (width - len(ids)) for ids, _ in tails])
-    targets = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in tails])
+    scores: list[float] = [0.0] * len(rows)
     with torch.inference_mode():
-        if shared:
-            head = model(input_ids=torch.tensor([first[:shared]]), use_cache=True)
-            cache = head.past_key_values
-            cache.batch_repeat_interleave(len(rows))
-            out = model(input_ids=input_ids, attention_mask=attention, past_key_values=cache).logits
-            # position `shared` is predicted by the shared start's last position
-            logits = torch.cat([head.logits[:, -1:].expand(len(rows), 1, -1), out[:, :-1]], dim=1).float()
-        else:
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-            targets = targets[:, 1:]
-    mask = targets != IGNORE
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    sums = (logp * mask).sum(dim=1)
-    counts = mask.sum(dim=1).clamp(min=1)
-    return [float(x) for x in sums / counts]
+        head = model(input_ids=torch.tensor([first[:shared]]), use_cache=True, logits_to_keep=1) if shared else None
+        # replies of similar length together: padding every row to the longest of all 20 would read more
+        # padding than reply
+        order = sorted(range(len(rows)), key=lambda i: len(tails[i][0]))
+        for at in range(0, len(order), CHUNK):
+            chunk = order[at:at + CHUNK]
+            width = max(len(tails[i][0]) for i in chunk)
+            input_ids = torch.tensor([tails[i][0] + [pad] * (width - len(tails[i][0])) for i in chunk])
+            attention = torch.tensor([[1] * (shared + len(tails[i][0])) + [0] * (width - len(tails[i][0])) for i in chunk])
+            targets = torch.tensor([tails[i][1] + [IGNORE] * (width - len(tails[i][1])) for i in chunk])
+            if head is not None:
+                cache = copy.deepcopy(head.past_key_values)
+                cache.batch_repeat_interleave(len(chunk))
+                out = model(input_ids=input_ids, attention_mask=attention, past_key_values=cache).logits
+                # position `shared` is predicted by the shared start's last position
+                logits = torch.cat([head.logits[:, -1:].expand(len(chunk), 1, -1), out[:, :-1]], dim=1).float()
+            else:
+                logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+                targets = targets[:, 1:]
+            mask = targets != IGNORE
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            for i, value in zip(chunk, (logp * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)):
+                scores[i] = float(value)
+    return scores
 
 
 def response_selection(model, tokenizer, renderer: Renderer, examples: list[Example], *, persona: bool = True, named: bool = False,
