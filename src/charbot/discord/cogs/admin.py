@@ -39,6 +39,15 @@ def interaction_facts(interaction: discord.Interaction) -> MessageFacts:
     )
 
 
+async def tell_memory_failed(bot: "CharBot", interaction: discord.Interaction, exc: Exception) -> None:
+    """A slash command whose memory call failed: shown on /healthz and in the metrics, logged, and the member
+    told in one short line (unreachable: try again; failing storage: tell the operator)."""
+    bot.engine.memory_status = f"error: {exc}"
+    bot.metrics.errors.labels("memory").inc()
+    log.error("/%s failed: %s", interaction.command.qualified_name if interaction.command else "command", exc)
+    await interaction.response.send_message(MEMORY_UNREADABLE if isinstance(exc, MemoryUnavailable) else MEMORY_DOWN, ephemeral=True)
+
+
 class AdminCog(commands.Cog):
     def __init__(self, bot: "CharBot"):
         self.bot = bot
@@ -48,10 +57,7 @@ class AdminCog(commands.Cog):
         return self.bot.engine
 
     async def _memory_failed(self, interaction: discord.Interaction, exc: Exception) -> None:
-        self.engine.memory_status = f"error: {exc}"
-        self.bot.metrics.errors.labels("memory").inc()
-        log.error("%s failed: %s", interaction.command.name if interaction.command else "command", exc)
-        await interaction.response.send_message(MEMORY_UNREADABLE if isinstance(exc, MemoryUnavailable) else MEMORY_DOWN, ephemeral=True)
+        await tell_memory_failed(self.bot, interaction, exc)
 
     async def _refused(self, interaction: discord.Interaction) -> bool:
         """Slash commands obey the same allow/block lists (and the DM switch) as messages."""

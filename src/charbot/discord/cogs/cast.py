@@ -3,21 +3,18 @@ restart keeps it). Changing it is for members with Manage Channels."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from charbot.discord.cogs.admin import MEMORY_DOWN, MEMORY_UNREADABLE, REFUSED, interaction_facts
+from charbot.discord.cogs.admin import REFUSED, interaction_facts, tell_memory_failed
 from charbot.discord.policy import conversation_id, permitted
-from charbot.memory import MemoryStoreError, MemoryUnavailable
+from charbot.memory import MemoryStoreError
 
 if TYPE_CHECKING:
     from charbot.discord.bot import CharBot
-
-log = logging.getLogger(__name__)
 
 
 class CastCog(commands.GroupCog, group_name="cast", group_description="The characters who speak in this channel."):
@@ -37,11 +34,6 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
             return True
         return False
 
-    async def _memory_failed(self, interaction: discord.Interaction, exc: MemoryStoreError) -> None:
-        self.bot.metrics.errors.labels("memory").inc()
-        log.error("/cast failed: %s", exc)
-        await interaction.response.send_message(MEMORY_UNREADABLE if isinstance(exc, MemoryUnavailable) else MEMORY_DOWN, ephemeral=True)
-
     def _listing(self, active: list[str]) -> str:
         cast = self.scenes.cast
         benched = [n for n in cast.names if n not in active]
@@ -53,7 +45,7 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
         try:
             return await self.scenes.active(interaction.channel)
         except MemoryStoreError as exc:
-            await self._memory_failed(interaction, exc)
+            await tell_memory_failed(self.bot, interaction, exc)
             return None
 
     async def _change(self, interaction: discord.Interaction, name: str, adding: bool) -> None:
@@ -80,8 +72,7 @@ class CastCog(commands.GroupCog, group_name="cast", group_description="The chara
         try:
             await self.bot.engine.set_channel_cast(conversation_id(interaction.channel_id), names)
         except MemoryStoreError as exc:
-            self.bot.engine.memory_status = f"error: {exc}"
-            await self._memory_failed(interaction, exc)
+            await tell_memory_failed(self.bot, interaction, exc)
             return
         self.bot.metrics.replies.labels("cast").inc()
         verb = "joins" if adding else "leaves"
