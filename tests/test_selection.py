@@ -125,6 +125,49 @@ def test_a_model_that_memorised_the_test_replies_ranks_each_first(setup):
     assert response_selection(model, tok, renderer, test, sets=shifted).hits_at_1 == 0.0
 
 
+class Bigram:
+    """A model that never reads the context: each next token depends on the current one only, and it has
+    learned one catchphrase, likely anywhere."""
+
+    def __init__(self, phrase: list[int], vocab: int):
+        self.next = dict(zip(phrase, phrase[1:]))
+        self.vocab = vocab
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, logits_to_keep=0):
+        import torch
+
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for b, row in enumerate(input_ids.tolist()):
+            for t, token in enumerate(row):
+                if token in self.next:
+                    logits[b, t, self.next[token]] = 30.0
+        return type("Out", (), {"logits": logits, "past_key_values": _Read(input_ids[0].tolist()) if use_cache else None})()
+
+
+def test_a_line_likely_anywhere_wins_the_plain_likelihood_but_not_the_measure(setup):
+    """The measure is what the context adds: a model that ignores the context ties every candidate (no credit),
+    though by the plain per-token likelihood its catchphrase, put among each context's distractors, wins."""
+    from transformers import AutoTokenizer
+
+    from charbot.dataset import encode
+    from charbot.rendering import Renderer
+
+    test, base = setup
+    tok = AutoTokenizer.from_pretrained(base)
+    renderer = Renderer.for_tokenizer(tok)
+    phrase = "Nets up, lads!"
+    model = Bigram(encode(tok, renderer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": phrase}])[0], len(tok))
+    sets = [[s[0], phrase, *s[2:]] for s in candidate_sets(test)]
+    result = response_selection(model, tok, renderer, test, sets=sets)
+    assert result.hits_at_1 == 0.0 and result.mrr == pytest.approx(1 / 20)  # all tied: last
+    assert result.loglik_hits_at_1 == 0.0  # the catchphrase ranked above the real reply
+    moved = response_selection(model, tok, renderer, test, sets=[[phrase, s[0], *s[2:]] for s in sets])
+    assert moved.loglik_hits_at_1 == 1.0 and moved.hits_at_1 == 0.0  # the catchphrase as "the real reply": plain likelihood credits it
+
+
 def test_a_random_model_is_near_chance(setup):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

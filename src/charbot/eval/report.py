@@ -25,8 +25,10 @@ def markdown(character: str, examples, rows, references, quality, scored, sample
         "",
         "* **perplexity**: of the character's real reply given the context (lower is better).",
         "* **hits@1 / MRR**: response selection (ConvAI2 style): the real reply among 19 distractors, other lines of the "
-        "character's from elsewhere in the test split (fixed seed), ranked by the model's mean log-probability per token of each "
-        "(the reply's tokens and its end-of-turn marker, given the context). Chance: hits@1 0.05, MRR 0.18.",
+        "character's from elsewhere in the test split (fixed seed), ranked by how much the context raises each one's mean "
+        "log-probability per token (given the context minus given no dialogue: the reply's tokens and its end-of-turn marker). "
+        "Chance: hits@1 0.05, MRR 0.18. **hits@1 (log-lik)**: ranked by the mean log-probability given the context alone, which "
+        "favours lines likely anywhere (short exclamations); shown for comparison.",
         f"* **judge ratio**: the judge's mean score of the sampled replies{drawn} ÷ its mean score of {character}'s real replies "
         "to the same contexts (1.00: scored like the real lines). **in character**: the share it scores above 0.5.",
         "* **distinct-1/2**: unique n-grams / all n-grams of the replies; **words**: mean length, and as a share of the real lines'.",
@@ -39,13 +41,13 @@ def markdown(character: str, examples, rows, references, quality, scored, sample
         f'Named replies: {character}\'s turns are shown as "{character}: …" and each reply is begun with the name '
         "(as the Discord prompt does); the name is context, not scored.",
         "",
-        "| model | persona prompt | named replies | perplexity | hits@1 | MRR | judge ratio | in character | distinct-1 | distinct-2 | words | words vs real |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | persona prompt | named replies | perplexity | hits@1 | MRR | hits@1 (log-lik) | judge ratio | in character | distinct-1 | distinct-2 | words | words vs real |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows + references:
         vs_real = r.mean_words / real_words if real_words else float("nan")
         lines.append(f"| {r.label} | {'yes' if r.persona else 'no'} | {'yes' if r.named else 'no'} | {_f(r.perplexity)} | {_f(r.hits_at_1)} | "
-                     f"{_f(r.mrr)} | {_f(r.judge_ratio)} | {_f(r.in_character, True)} | {_f(r.distinct_1)} | {_f(r.distinct_2)} | "
+                     f"{_f(r.mrr)} | {_f(r.loglik_hits_at_1)} | {_f(r.judge_ratio)} | {_f(r.in_character, True)} | {_f(r.distinct_1)} | {_f(r.distinct_2)} | "
                      f"{_f(r.mean_words)} | {_f(vs_real, True)} |")
     lines += ["", "![comparison](comparison.png)", ""]
     lines += targets(rows, references)

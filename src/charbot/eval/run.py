@@ -46,6 +46,7 @@ class Row:
     replies: list[list[str]] = field(default_factory=list)  # per test context, its sampled replies
     hits_at_1: float = NAN  # response selection, the real reply among 20 (selection.py)
     mrr: float = NAN
+    loglik_hits_at_1: float = NAN  # ranked by the plain per-token log-likelihood (selection.py says why it is not the measure)
     judge_score: float = NAN  # the judge's mean score of the replies
     judge_ratio: float = NAN  # judge_score / the judge's mean score of the character's real replies to the same contexts
 
@@ -176,7 +177,7 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
                 progress(cand.label, i + 1, len(contexts))
         row = Row.scored(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, replies, judge, real_score)
         if ranked is not None:
-            row.hits_at_1, row.mrr = ranked.hits_at_1, ranked.mrr
+            row.hits_at_1, row.mrr, row.loglik_hits_at_1 = ranked.hits_at_1, ranked.mrr, ranked.loglik_hits_at_1
         rows.append(row)
     # The judge's own yardsticks on the test split: the character's real lines (ratio 1 by definition), and
     # the other speakers' lines it would mistake for the character's.
