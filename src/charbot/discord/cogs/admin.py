@@ -56,9 +56,6 @@ class AdminCog(commands.Cog):
     def engine(self):
         return self.bot.engine
 
-    async def _memory_failed(self, interaction: discord.Interaction, exc: Exception) -> None:
-        await tell_memory_failed(self.bot, interaction, exc)
-
     async def _refused(self, interaction: discord.Interaction) -> bool:
         """Slash commands obey the same allow/block lists (and the DM switch) as messages."""
         decision = permitted(interaction_facts(interaction), self.bot.rules)
@@ -79,7 +76,7 @@ class AdminCog(commands.Cog):
         try:
             forgotten = await self.engine.reset(conversation_id(interaction.channel_id))
         except MemoryStoreError as exc:
-            await self._memory_failed(interaction, exc)
+            await tell_memory_failed(self.bot, interaction, exc)
             return
         if self.bot.scenes is not None:
             self.bot.scenes.end(interaction.channel_id)  # the scene's remaining turns are not taken
@@ -95,7 +92,7 @@ class AdminCog(commands.Cog):
         try:
             current = (await self.engine.persona_for(conversation)).name
         except MemoryStoreError as exc:
-            await self._memory_failed(interaction, exc)
+            await tell_memory_failed(self.bot, interaction, exc)
             return
         names = ", ".join(sorted(self.engine.personas))
         if not name and card is None:
@@ -117,7 +114,7 @@ class AdminCog(commands.Cog):
             await interaction.response.send_message(f"No character called {name!r}. Characters: {names}.", ephemeral=True)
             return
         except MemoryStoreError as exc:
-            await self._memory_failed(interaction, exc)
+            await tell_memory_failed(self.bot, interaction, exc)
             return
         self.bot.metrics.replies.labels("persona").inc()
         await interaction.response.send_message(f"Now talking as **{chosen.name}** in this channel.")
@@ -152,7 +149,7 @@ class AdminCog(commands.Cog):
         try:
             persona = await self.engine.persona_for(conversation_id(interaction.channel_id))  # this channel's character
         except MemoryStoreError as exc:
-            await self._memory_failed(interaction, exc)
+            await tell_memory_failed(self.bot, interaction, exc)
             return
         await interaction.response.defer(thinking=True)
         try:
