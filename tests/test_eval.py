@@ -221,6 +221,36 @@ def test_eval_cli_without_selection_scores_the_rest(setup, tmp_path, capsys):
     assert "| base | no | no |" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_eval_draws_replies_as_the_settings_say_capped_at_the_longest_real_reply(tmp_path, monkeypatch):
+    """The sampler is the user's (flags, CHARBOT_*, charbot.toml, as chat takes them); the default cap lets a reply
+    be as long as the longest real one, so a model that talks at the character's length is not cut short."""
+    from transformers import AutoTokenizer
+
+    from charbot.cli import main
+    from charbot.eval.run import longest_reply
+
+    data = make_prepared(tmp_path / "data", test_episodes=1)
+    base = make_tiny_base(tmp_path / "base")
+    cap = longest_reply(AutoTokenizer.from_pretrained(base), load_jsonl(data / "test.jsonl")[:2])
+    monkeypatch.setenv("CHARBOT_TOP_K", "7")
+
+    def run(out: str, *flags: str) -> dict:
+        with pytest.raises(SystemExit) as exc:
+            main(["eval", str(data), "--base", str(base), "--limit", "2", "--samples", "2", "--no-selection", "-o", str(tmp_path / out), *flags])
+        assert exc.value.code in (0, None)
+        return json.loads((tmp_path / out / "results.json").read_text())
+
+    greedy = [run(f"greedy{seed}", "--temperature", "0", "--seed", str(seed)) for seed in (0, 1)]
+    replies = [[r["replies"] for r in g["models"][:2]] for g in greedy]
+    assert replies[0] == replies[1]  # greedy: the seed changes nothing
+    sampled = run("sampled", "--temperature", "1.0", "--top-p", "1.0")
+    assert sampled["sampler"]["top_k"] == 7 and sampled["sampler"]["temperature"] == 1.0  # the environment's, and the flags'
+    assert all(r["max_new_tokens"] == cap for r in sampled["models"][:2])
+    assert f"at most {cap} tokens per reply" in (tmp_path / "sampled" / "report.md").read_text()
+    capped = run("capped", "--max-new-tokens", "3")
+    assert all(r["max_new_tokens"] == 3 for r in capped["models"][:2])
+
+
 def test_eval_with_a_card_sends_what_chat_would(setup, tmp_path):
     """--persona CARD: the persona rows get the card as chat renders it (text, fired lore, examples, greeting)
     in place of val.jsonl's system message; the reference reply and the context stay the same."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from charbot.cli.options import Settings, settings_options
 from charbot.errors import ConfigError
 
 
@@ -29,7 +30,8 @@ def _parse_model(spec: str):
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Held-out split to score: test (never trained, stopped or tuned on) or val. Without a test.jsonl, val, with a note.")
 @click.option("--limit", type=int, default=40, show_default=True, help="Held-out contexts to score.")
-@click.option("--max-new-tokens", type=int, default=40, show_default=True, help="Cap on each sampled reply.")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Cap on each sampled reply. Default: the longest real reply among the scored contexts (a lower cap would cut replies the character could have said).")
 @click.option("--samples", type=int, default=4, show_default=True,
               help="Replies sampled per context for the judge and diversity (drawn in one batch); more give a steadier score.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
@@ -37,9 +39,12 @@ def _parse_model(spec: str):
               help="Evaluate the persona rows with this character card (any format), as chat and Discord send it: its text and the "
                    "lorebook entries each context fires, example dialogue and greeting. Default: the system message in the data's JSONL.")
 @click.option("--name-replies", is_flag=True, help="Show the base model the character's turns as 'Name: line' and begin each reply with the name, as Discord does (trained models follow their training_config.json).")
-def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, selection: bool, split: str, limit: int, max_new_tokens: int, samples: int, seed: int,
-             persona: str | None, name_replies: bool) -> None:
-    """Compare models on DATA's test split: perplexity, response selection (hits@1/20, MRR), judge ratio, distinct-1/2, length."""
+@settings_options(("temperature",), ("top_k",), ("top_p",))
+def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, selection: bool, split: str, limit: int, max_new_tokens: int | None, samples: int,
+             seed: int, persona: str | None, name_replies: bool, settings: Settings) -> None:
+    """Compare models on DATA's test split: perplexity, response selection (hits@1/20, MRR), judge ratio, distinct-1/2, length.
+
+    Replies are sampled as chat and Discord would sample them: the generation settings (flags, CHARBOT_*, charbot.toml)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -47,6 +52,8 @@ def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, s
 
     if limit < 1:
         raise ConfigError("--limit must be at least 1", "pass a positive number of held-out contexts")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens must be at least 1", "pass a positive cap, or leave it out for the longest real reply")
     if samples < 1:
         raise ConfigError("--samples must be at least 1", "pass how many replies to sample per context, e.g. --samples 4")
     from charbot.persona import load_card
@@ -60,7 +67,7 @@ def evaluate(data: Path, models: tuple[str, ...], base: str | None, out: Path, s
     console = Console(stderr=True)
     with console.status("evaluating") as status:
         rows = run(data, out, candidates, limit=limit, max_new_tokens=max_new_tokens, seed=seed, samples=samples, split=split, selection=selection,
-                   progress=lambda label, i, n: status.update(f"{label}: reply {i}/{n}"), card=card)
+                   sampler=settings.generation, progress=lambda label, i, n: status.update(f"{label}: reply {i}/{n}"), card=card)
     table = Table("model", "perplexity", "hits@1", "MRR", "judge ratio", "distinct-2", "mean words")
     for r in rows:
         table.add_row(r.label, f"{r.perplexity:.2f}", f"{r.hits_at_1:.2f}" if selection else "-", f"{r.mrr:.2f}" if selection else "-", f"{r.judge_ratio:.2f}", f"{r.distinct_2:.2f}", f"{r.mean_words:.1f}")

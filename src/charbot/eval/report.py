@@ -11,7 +11,22 @@ def _f(v: float, pct: bool = False) -> str:
     return f"{v:.0%}" if pct else f"{v:.2f}"
 
 
-def markdown(character: str, examples, rows, references, quality, scored, samples: int = 6) -> str:
+def sampling(sampler, rows) -> str:
+    """How the replies were drawn, in words."""
+    if sampler.do_sample and sampler.temperature > 0:
+        how = f"sampled at temperature {sampler.temperature:g}, top-k {sampler.top_k}, top-p {sampler.top_p:g}"
+    else:
+        how = "greedy decoding"
+    if sampler.no_repeat_ngram_size:
+        how += f", no repeated {sampler.no_repeat_ngram_size}-grams"
+    if sampler.repetition_penalty != 1.0:
+        how += f", repetition penalty {sampler.repetition_penalty:g}"
+    caps = sorted({r.max_new_tokens for r in rows if r.max_new_tokens})
+    cap = f"; at most {'/'.join(map(str, caps))} tokens per reply" if caps else ""
+    return f"Replies {how}{cap} (by default the longest real reply among these contexts, so no reply is cut shorter than the character's own)."
+
+
+def markdown(character: str, examples, rows, references, quality, scored, sampler, samples: int = 6) -> str:
     per = max((len(r) for row in rows for r in row.replies), default=1)
     drawn = f" ({per} sampled replies per context)" if per > 1 else ""
     real_words = references[0].mean_words if references else float("nan")
@@ -32,6 +47,8 @@ def markdown(character: str, examples, rows, references, quality, scored, sample
         f"* **judge ratio**: the judge's mean score of the sampled replies{drawn} ÷ its mean score of {character}'s real replies "
         "to the same contexts (1.00: scored like the real lines). **in character**: the share it scores above 0.5.",
         "* **distinct-1/2**: unique n-grams / all n-grams of the replies; **words**: mean length, and as a share of the real lines'.",
+        "",
+        sampling(sampler, rows),
         "",
         f"The judge (MiniLM embeddings + logistic regression, trained on {character}'s lines vs other speakers' in the training "
         f"split), on real test lines: ROC-AUC **{_f(quality.auc)}** ({quality.own_lines} of {character}'s lines vs "

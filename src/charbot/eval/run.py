@@ -49,6 +49,7 @@ class Row:
     loglik_hits_at_1: float = NAN  # ranked by the plain per-token log-likelihood (selection.py says why it is not the measure)
     judge_score: float = NAN  # the judge's mean score of the replies
     judge_ratio: float = NAN  # judge_score / the judge's mean score of the character's real replies to the same contexts
+    max_new_tokens: int = 0  # the cap each reply was sampled under
 
     @classmethod
     def scored(cls, label: str, model: str, persona: bool, named: bool, perplexity: float, replies: list[list[str]], judge,
@@ -108,11 +109,14 @@ def generate(model, tok, renderer: Renderer, messages: list[dict], settings: Gen
     text = renderer.prompt(messages, character if named else None)
     ids = tok(text, return_tensors="pt", add_special_tokens=False)
     torch.manual_seed(seed)
+    sampling = settings.do_sample and settings.temperature > 0  # temperature 0 is greedy, as in the llama.cpp backend
+    sampler = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p) if sampling else {}
     with torch.inference_mode():
         out = model.generate(
-            **ids, max_new_tokens=settings.max_new_tokens, do_sample=True, temperature=settings.temperature, top_k=settings.top_k,
-            top_p=settings.top_p, no_repeat_ngram_size=settings.no_repeat_ngram_size, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            num_return_sequences=samples,  # one batched call: several draws cost little more than one on CPU
+            **ids, max_new_tokens=settings.max_new_tokens, do_sample=sampling, **sampler,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size or None, repetition_penalty=settings.repetition_penalty,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            num_return_sequences=samples if sampling else 1,  # one batched call: several draws cost little more than one on CPU
         )
     raws = tok.batch_decode(out[:, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     return [clean_reply(raw, char=character, user_names=user_names) for raw in raws]
@@ -137,9 +141,18 @@ def with_card(examples: list[Example], card, count_tokens, max_new_tokens: int, 
     return out
 
 
-def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limit: int = 40, max_new_tokens: int = 40, seed: int = 0, samples: int = 1,
-             split: str = "test", progress=None, card=None, selection: bool = True) -> list[Row]:
-    """`card`: the persona rows use it as chat sends it (`with_card`) instead of the system message in the data."""
+def longest_reply(tok, examples: list[Example]) -> int:
+    """Tokens in the longest real reply, its end-of-turn marker included."""
+    return 1 + max(len(tok(ex.messages[-1]["content"], add_special_tokens=False)["input_ids"]) for ex in examples)
+
+
+def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limit: int = 40, max_new_tokens: int | None = None, seed: int = 0,
+             samples: int = 1, split: str = "test", progress=None, card=None, selection: bool = True,
+             sampler: GenerationSettings | None = None) -> list[Row]:
+    """`card`: the persona rows use it as chat sends it (`with_card`) instead of the system message in the data.
+    `sampler`: how replies are drawn (the user's generation settings; default the tutorial's). `max_new_tokens`:
+    the cap on a reply; by default the longest real reply among the scored contexts, so that no generated reply
+    is cut shorter than one the character said (a lower cap would fail a perfect model on length)."""
     train, _, _ = load_prepared(data_dir)
     scored = held_out(data_dir, split)
     if scored.note:
@@ -153,18 +166,19 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
     real = [[ex.messages[-1]["content"]] for ex in contexts]
     real_score = judge.mean_score([r for [r] in real])  # the ratio's yardstick: the real replies to the same contexts
     choices = candidate_sets(contexts, seed=seed, pool=scored.examples)  # the same candidates for every model
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, seed=seed)
+    sampler = sampler or GenerationSettings()
     rows: list[Row] = []
     loaded: dict = {}
     for cand in candidates:
         if cand.ref not in loaded:
             loaded = {cand.ref: load(cand.ref)}  # one model in memory at a time
         model, tok, path = loaded[cand.ref]
+        settings = sampler.but(max_new_tokens=max_new_tokens or longest_reply(tok, contexts), seed=seed)
         renderer = Renderer.for_tokenizer(tok)
         named = (trained_named(path) if cand.named is None else cand.named) and renderer.fmt == "chat"
         examples = contexts
         if card is not None and cand.persona and renderer.fmt == "chat":
-            examples = with_card(contexts, card, lambda text: len(tok(text, add_special_tokens=False)["input_ids"]), max_new_tokens)
+            examples = with_card(contexts, card, lambda text: len(tok(text, add_special_tokens=False)["input_ids"]), settings.max_new_tokens)
         ppl = response_perplexity(model, tok, renderer, examples, persona=cand.persona, named=named)
         ranked = response_selection(model, tok, renderer, examples, persona=cand.persona, named=named, sets=choices) if selection else None
         replies = []
@@ -178,6 +192,7 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
         row = Row.scored(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, replies, judge, real_score)
         if ranked is not None:
             row.hits_at_1, row.mrr, row.loglik_hits_at_1 = ranked.hits_at_1, ranked.mrr, ranked.loglik_hits_at_1
+        row.max_new_tokens = settings.max_new_tokens
         rows.append(row)
     # The judge's own yardsticks on the test split: the character's real lines (ratio 1 by definition), and
     # the other speakers' lines it would mistake for the character's.
@@ -185,16 +200,18 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
     _, others = split_lines(contexts, speaker)
     if others:
         references.append(Row.scored("other speakers (reference)", "script", True, False, NAN, [[line] for line in others], judge, real_score))
-    write_report(out_dir, character, contexts, rows, references, quality, scored)
+    write_report(out_dir, character, contexts, rows, references, quality, scored, sampler)
     return rows
 
 
-def write_report(out_dir: Path, character: str, examples, rows: list[Row], references: list[Row], quality: JudgeQuality, scored: HeldOut) -> None:
+def write_report(out_dir: Path, character: str, examples, rows: list[Row], references: list[Row], quality: JudgeQuality, scored: HeldOut,
+                 sampler: GenerationSettings) -> None:
     from charbot.eval.report import chart, markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
     chart(rows, references, out_dir / "comparison.png", character)
-    (out_dir / "report.md").write_text(markdown(character, examples, rows, references, quality, scored), encoding="utf-8")
-    results = {"split": scored.split, "note": scored.note, "contexts": len(examples), "judge": asdict(quality),
+    (out_dir / "report.md").write_text(markdown(character, examples, rows, references, quality, scored, sampler), encoding="utf-8")
+    drawn = sampler.model_dump(include={"do_sample", "temperature", "top_k", "top_p", "no_repeat_ngram_size", "repetition_penalty"})
+    results = {"split": scored.split, "note": scored.note, "contexts": len(examples), "judge": asdict(quality), "sampler": drawn,
                "models": [asdict(r) for r in rows + references]}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
