@@ -204,7 +204,7 @@ def test_resume_after_a_crash_reaches_the_same_weights(tiny, tmp_path):
 
     data, base = tiny
     out = tmp_path / "r"
-    kw = dict(data=data, output_dir=out, base_model=str(base), learning_rate=1e-3, batch_size=4, eval_steps=0,
+    kw = dict(data=data, output_dir=out, base_model=str(base), learning_rate=1e-3, batch_size=4, eval_steps=0, early_stopping=False,
               save_steps=3, max_steps=5, progress=False, threads=1, batching="packed")
     train(TrainConfig(**kw))
     uninterrupted = load_file(out / "model.safetensors")
@@ -342,3 +342,27 @@ def test_a_png_card_in_the_data_directory_becomes_the_models_persona_json(tiny, 
     card = load_card(out / "persona.json")
     assert card.name == "Wren" and card.book is not None and len(card.book.entries) == 5
     assert default_persona_path(load_settings(model=str(out))) == out / "persona.json"
+
+
+def test_early_stopping_keeps_the_best_weights_on_val_and_stops_when_they_stop_improving(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from charbot.train.loop import train
+
+    data, base = tiny  # val: 20 examples, so the recipe turns early stopping on by itself
+    # a rate this high overshoots: val improves for a few evaluations, then gets worse
+    result = train(TrainConfig(data=data, output_dir=tmp_path / "es", base_model=str(base), learning_rate=0.3, batch_size=4, epochs=4.0,
+                               patience=1, progress=False, threads=1, batching="packed"))
+    config = json.loads((tmp_path / "es" / "training_config.json").read_text())
+    assert config["early_stopping"] is True and "20 validation examples" in config["chosen_from_data"]["early_stopping"]
+    evals = [(h["step"], h["eval_loss"]) for h in result.log_history if "eval_loss" in h and h["step"] > 0]
+    assert [s for s, _ in evals] == list(range(8, 8 * len(evals) + 1, 8))  # twice a pass: 63 examples / 4 per step = 16 steps
+    best_step, best = min(evals, key=lambda e: e[1])
+    (stop,) = result.metrics["early_stopping"]
+    assert stop["stopped_early"] and stop["steps_run"] < stop["steps_planned"] == 64
+    assert stop["best_step"] == best_step and evals[-1][1] > best  # stopped one evaluation (patience 1) after the best
+    assert evals[-1][0] == best_step + 8
+    assert result.metrics["val_loss"] == pytest.approx(best, abs=1e-5)  # the model kept is the best one, not the last
+    saved = load_file(tmp_path / "es" / "model.safetensors")
+    kept = load_file(tmp_path / "es" / "checkpoints" / f"checkpoint-{best_step}" / "model.safetensors")
+    assert all(torch.equal(saved[k], kept[k]) for k in kept)
