@@ -20,7 +20,7 @@ def examples(own: int, cast: int) -> list[Example]:
 def test_cast_data_gets_the_cast_first_then_the_character_named():
     cfg, why = choose(TrainConfig(), examples(400, 1100), "Orla")
     assert (cfg.cast_first, cfg.name_replies, cfg.epochs, cfg.character_epochs, cfg.learning_rate) == (True, True, 1.0, 2.0, 4e-5)
-    assert set(why) == {"cast_first", "name_replies", "epochs", "character_epochs", "learning_rate", "early_stopping"}
+    assert set(why) == {"cast_first", "name_replies", "epochs", "character_epochs", "learning_rate"}
     assert "1,100 examples of other speakers" in why["cast_first"]
 
 
@@ -28,14 +28,6 @@ def test_the_characters_lines_alone_train_unnamed_in_one_phase():
     cfg, why = choose(TrainConfig(), examples(400, 0), "Orla")
     assert (cfg.cast_first, cfg.name_replies, cfg.epochs, cfg.learning_rate) == (False, False, 2.0, 5e-5)
     assert choose(TrainConfig(), examples(5000, 0), "Orla")[0].epochs == 1.0  # many examples: one pass
-
-
-def test_early_stopping_only_on_a_validation_set_steady_enough_to_stop_on():
-    on, why = choose(TrainConfig(), examples(400, 0), "Orla", val_examples=44)
-    off, why_off = choose(TrainConfig(), examples(400, 0), "Orla", val_examples=9)
-    assert on.early_stopping is True and "44 validation examples" in why["early_stopping"]
-    assert off.early_stopping is False and "too noisy" in why_off["early_stopping"]
-    assert choose(TrainConfig(early_stopping=False), examples(400, 0), "Orla", val_examples=44)[0].early_stopping is False
 
 
 def test_settings_given_are_kept_and_not_explained():

@@ -204,7 +204,7 @@ def test_resume_after_a_crash_reaches_the_same_weights(tiny, tmp_path):
 
     data, base = tiny
     out = tmp_path / "r"
-    kw = dict(data=data, output_dir=out, base_model=str(base), learning_rate=1e-3, batch_size=4, eval_steps=0, early_stopping=False,
+    kw = dict(data=data, output_dir=out, base_model=str(base), learning_rate=1e-3, batch_size=4, eval_steps=0,
               save_steps=3, max_steps=5, progress=False, threads=1, batching="packed")
     train(TrainConfig(**kw))
     uninterrupted = load_file(out / "model.safetensors")
@@ -344,25 +344,34 @@ def test_a_png_card_in_the_data_directory_becomes_the_models_persona_json(tiny, 
     assert default_persona_path(load_settings(model=str(out))) == out / "persona.json"
 
 
-def test_early_stopping_keeps_the_best_weights_on_val_and_stops_when_they_stop_improving(tiny, tmp_path):
+def test_early_stopping_stops_on_val_and_ends_on_the_latest_weights_within_its_margin(tiny, tmp_path):
     from safetensors.torch import load_file
 
     from charbot.train.loop import train
 
-    data, base = tiny  # val: 20 examples, so the recipe turns early stopping on by itself
-    # a rate this high overshoots: val improves for a few evaluations, then gets worse
-    result = train(TrainConfig(data=data, output_dir=tmp_path / "es", base_model=str(base), learning_rate=0.3, batch_size=4, epochs=4.0,
-                               patience=1, progress=False, threads=1, batching="packed"))
-    config = json.loads((tmp_path / "es" / "training_config.json").read_text())
-    assert config["early_stopping"] is True and "20 validation examples" in config["chosen_from_data"]["early_stopping"]
-    evals = [(h["step"], h["eval_loss"]) for h in result.log_history if "eval_loss" in h and h["step"] > 0]
+    data, base = tiny
+
+    def run(name: str, margin: float):
+        # a rate this high overshoots: val improves for a few evaluations, then stalls and gets worse
+        result = train(TrainConfig(data=data, output_dir=tmp_path / name, base_model=str(base), learning_rate=0.3, batch_size=4, epochs=4.0,
+                                   early_stopping=True, patience=1, stop_margin=margin, progress=False, threads=1, batching="packed"))
+        evals = [(h["step"], h["eval_loss"]) for h in result.log_history if "eval_loss" in h and h["step"] > 0]
+        (stop,) = result.metrics["early_stopping"]
+        return result, evals, stop
+
+    result, evals, stop = run("strict", 0.0)
+    assert json.loads((tmp_path / "strict" / "training_config.json").read_text())["early_stopping"] is True
     assert [s for s, _ in evals] == list(range(8, 8 * len(evals) + 1, 8))  # twice a pass: 63 examples / 4 per step = 16 steps
     best_step, best = min(evals, key=lambda e: e[1])
-    (stop,) = result.metrics["early_stopping"]
     assert stop["stopped_early"] and stop["steps_run"] < stop["steps_planned"] == 64
-    assert stop["best_step"] == best_step and evals[-1][1] > best  # stopped one evaluation (patience 1) after the best
-    assert evals[-1][0] == best_step + 8
-    assert result.metrics["val_loss"] == pytest.approx(best, abs=1e-5)  # the model kept is the best one, not the last
-    saved = load_file(tmp_path / "es" / "model.safetensors")
-    kept = load_file(tmp_path / "es" / "checkpoints" / f"checkpoint-{best_step}" / "model.safetensors")
+    assert evals[-1] == (best_step + 8, pytest.approx(evals[-1][1])) and evals[-1][1] > best  # one worse evaluation (patience 1): stop
+    assert stop["kept_step"] == best_step and result.metrics["val_loss"] == pytest.approx(best, abs=1e-5)  # ended on the best, not the last
+    saved = load_file(tmp_path / "strict" / "model.safetensors")
+    kept = load_file(tmp_path / "strict" / "checkpoints" / f"checkpoint-{best_step}" / "model.safetensors")
     assert all(torch.equal(saved[k], kept[k]) for k in kept)
+
+    # with a 1% margin, a stall within it is not progress: the run stops sooner, on the stalled step's weights
+    _, within, stop = run("margin", 0.01)
+    assert within == evals[: len(within)] and len(within) < len(evals)
+    (_, prev), (last_step, last) = within[-2], within[-1]
+    assert prev * 0.99 <= last <= prev * 1.01 and stop["kept_step"] == last_step == stop["steps_run"]

@@ -45,8 +45,9 @@ class TrainConfig:
     seed: int = opt(42, "Random seed (shuffling, dropout, LoRA init).")
     logging_steps: int = opt(5, "Log training loss every this many steps.")
     eval_steps: int = opt(50, "Compute validation loss every this many steps (0: only at the end). With early stopping: twice a pass instead.")
-    early_stopping: bool | None = opt(None, "Score val twice a pass, end with the weights that scored best there, and stop once --patience evaluations in a row have not beaten it. Default: chosen from the data (on when val has enough examples to be a steady yardstick).")
-    patience: int = opt(2, "With early stopping: evaluations in a row without a lower validation loss before training stops.")
+    early_stopping: bool = opt(False, "Score val twice a pass; stop once --patience evaluations in a row have not beaten the lowest validation loss by --stop-margin, and end on the latest checkpoint within that margin of the lowest.")
+    patience: int = opt(2, "With early stopping: evaluations in a row without a clearly lower validation loss before training stops.")
+    stop_margin: float = opt(0.01, "With early stopping: the share by which a validation loss must beat the lowest so far to count as lower (smaller differences are noise on a few dozen lines).")
     save_steps: int = opt(100, "Write a checkpoint every this many steps (for --resume). With early stopping: at each evaluation instead.")
     save_total_limit: int = opt(2, "Checkpoints kept on disk.")
     resume: bool = opt(False, "Continue from the latest checkpoint in OUTPUT_DIR/checkpoints.")
@@ -66,6 +67,7 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)"),
             (self.lora_r >= 1, "lora_r", "must be at least 1"),
             (self.patience >= 1, "patience", "must be at least 1"),
+            (0 <= self.stop_margin < 1, "stop_margin", "must be in [0, 1)"),
         ]
         for ok, name, msg in checks:
             if not ok:

@@ -80,12 +80,6 @@ def half_pass(cfg: TrainConfig, examples: int) -> int:
     return max(1, math.ceil(math.ceil(examples / per_step) / 2))
 
 
-def stopping(cfg: TrainConfig, every: int) -> dict:
-    """TrainingArguments for early stopping: score val and checkpoint every `every` steps, end on the best."""
-    return dict(eval_strategy="steps", eval_steps=every, save_steps=every, load_best_model_at_end=True,
-                metric_for_best_model="eval_loss", greater_is_better=False)
-
-
 def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool, epochs: float, examples: int = 0):
     import torch
     from transformers import TrainingArguments
@@ -95,7 +89,8 @@ def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool, epoch
     # without use_cpu the Trainer sees no device to spread over and every process trains alone, all of them
     # then writing the output; with it, accelerate joins them in one DDP run over gloo.
     cpu_ddp = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    early = stopping(cfg, half_pass(cfg, examples)) if cfg.early_stopping and has_val else {}
+    # early stopping (stopping.py) scores val and checkpoints at the same steps, twice a pass
+    early = dict(eval_strategy="steps", eval_steps=(every := half_pass(cfg, examples)), save_steps=every) if cfg.early_stopping and has_val else {}
     return TrainingArguments(
         **({"use_cpu": True, "ddp_backend": "gloo"} if cpu_ddp else {}),
         **early,
@@ -141,23 +136,20 @@ def run_phase(trainer, checkpoints: Path, resume: bool) -> tuple[float, float]:
     from transformers import TrainerState
     from transformers.trainer_utils import get_last_checkpoint
 
+    from charbot.train.stopping import end_on_kept
+
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
     state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
     if state is not None and state.max_steps and state.global_step >= state.max_steps:
         # the phase had ended before the crash; Trainer.train would take one step more on resuming it
-        trainer._load_from_checkpoint(state.best_model_checkpoint if trainer.args.load_best_model_at_end and state.best_model_checkpoint else last)
+        trainer._load_from_checkpoint(last)
         trainer.state = state
+        end_on_kept(trainer)
         logged = [h["loss"] for h in state.log_history if "loss" in h]
         return (sum(logged) / len(logged) if logged else float("nan")), 0.0
     result = trainer.train(resume_from_checkpoint=last)
+    end_on_kept(trainer)
     return result.training_loss, result.metrics.get("train_runtime", 0.0)
-
-
-def stopped(state, phase: str) -> dict:
-    """Where early stopping left a phase: the step whose weights were kept, and whether it cut the phase short."""
-    best = state.best_model_checkpoint
-    return {"phase": phase, "best_step": int(best.rsplit("-", 1)[1]) if best else state.global_step, "best_val_loss": state.best_metric,
-            "steps_run": state.global_step, "steps_planned": state.max_steps, "stopped_early": state.global_step < state.max_steps}
 
 
 def training_phases(cfg: TrainConfig, train_ex: list, character: str) -> list[tuple[str, list, float]]:
@@ -174,7 +166,9 @@ def training_phases(cfg: TrainConfig, train_ex: list, character: str) -> list[tu
 
 def train(cfg: TrainConfig) -> TrainResult:
     import torch
-    from transformers import EarlyStoppingCallback, Trainer, set_seed
+    from transformers import Trainer, set_seed
+
+    from charbot.train.stopping import StopOnVal, stopped
 
     cfg.validate()
     out = Path(cfg.output_dir).expanduser()
@@ -187,7 +181,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_ex, val_ex, persona_path = load_prepared(cfg.data)
     card = load_card(persona_path) if persona_path else None  # a bad card fails now, not after training
     character = train_ex[0].speaker or (card.name if card else "the character")
-    cfg, chosen = recipe.choose(cfg, train_ex, character, len(val_ex))
+    cfg, chosen = recipe.choose(cfg, train_ex, character)
     phases = training_phases(cfg, train_ex, character)
     base = resolve_base(cfg.base_model)
     model, tokenizer = load_base(base)
@@ -212,9 +206,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         train_ds = build_dataset(tokenizer, renderer, examples, cfg.max_length, cfg.no_system, last_only=cfg.loss_on == "last", name_replies=cfg.name_replies)
         checkpoints = out / "checkpoints" / (name if phased else "")
         args = training_arguments(cfg, checkpoints, val_ds is not None, epochs, len(train_ds))
+        early = bool(cfg.early_stopping and val_ds is not None)
         callbacks = [rate] + ([RichProgress(rate, name if phased else "train")] if cfg.progress else [])
-        if args.load_best_model_at_end:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
+        callbacks += [StopOnVal(cfg.patience, cfg.stop_margin)] if early else []
         trainer = Trainer(
             model=model, args=args,
             train_dataset=train_ds, eval_dataset=val_ds, data_collator=counter, callbacks=callbacks,
@@ -230,7 +224,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss, seconds = run_phase(trainer, checkpoints, cfg.resume)
         # the plot runs on one step axis: later phases continue the first one's step count
         history += [{**h, "step": h["step"] + steps} for h in trainer.state.log_history if "step" in h]
-        if args.load_best_model_at_end:
+        if early:
             metrics.setdefault("early_stopping", []).append(stopped(trainer.state, name))
         if phased:
             metrics.setdefault("phases", []).append({"phase": name, "examples": len(train_ds), "steps": trainer.state.global_step, "train_loss": loss})
