@@ -375,3 +375,36 @@ def test_early_stopping_stops_on_val_and_ends_on_the_latest_weights_within_its_m
     assert within == evals[: len(within)] and len(within) < len(evals)
     (_, prev), (last_step, last) = within[-2], within[-1]
     assert prev * 0.99 <= last <= prev * 1.01 and stop["kept_step"] == last_step == stop["steps_run"]
+
+
+def test_a_resumed_early_stopped_run_ends_on_the_same_kept_weights(tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from charbot.train.loop import train
+
+    data, base = tiny
+    out = tmp_path / "es"
+    kw = dict(data=data, output_dir=out, base_model=str(base), learning_rate=0.3, batch_size=4, epochs=4.0, early_stopping=True, patience=1,
+              stop_margin=0.0, progress=False, threads=1, batching="packed")
+    first = train(TrainConfig(**kw)).metrics["early_stopping"][0]
+    assert first["stopped_early"] and first["kept_step"] < first["steps_run"]  # the kept weights are not the last ones
+    uninterrupted = load_file(out / "model.safetensors")
+
+    def resume() -> dict:
+        for item in out.iterdir():
+            if item.name != "checkpoints":
+                item.unlink()
+        metrics = train(TrainConfig(resume=True, **kw)).metrics["early_stopping"][0]
+        resumed = load_file(out / "model.safetensors")
+        assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+        return metrics
+
+    # the crash came after the last checkpoint: the finished phase ends on its kept checkpoint again
+    assert resume()["kept_step"] == first["kept_step"]
+    # the crash came before the last evaluation: the resumed run replays the evaluations it had made, so the
+    # worse one after them still counts as worse, and stops it
+    shutil.rmtree(out / "checkpoints" / f"checkpoint-{first['steps_run']}")
+    again = resume()
+    assert (again["kept_step"], again["steps_run"]) == (first["kept_step"], first["steps_run"])

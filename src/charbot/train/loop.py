@@ -136,12 +136,12 @@ def run_phase(trainer, checkpoints: Path, resume: bool) -> tuple[float, float]:
     from transformers import TrainerState
     from transformers.trainer_utils import get_last_checkpoint
 
-    from charbot.train.stopping import end_on_kept
+    from charbot.train.stopping import end_on_kept, ended
 
     last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
     state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json")) if last else None
-    if state is not None and state.max_steps and state.global_step >= state.max_steps:
-        # the phase had ended before the crash; Trainer.train would take one step more on resuming it
+    if state is not None and ended(state):
+        # the phase had ended before the crash; Trainer.train would take one step more (or, stopped on val, go on)
         trainer._load_from_checkpoint(last)
         trainer.state = state
         end_on_kept(trainer)

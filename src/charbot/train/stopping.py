@@ -49,6 +49,13 @@ class StopOnVal(TrainerCallback):
             state.best_global_step, state.best_metric = step, loss
 
 
+def ended(state) -> bool:
+    """Whether the run a saved TrainerState comes from had ended: all its steps done, or stopped on val (the
+    Trainer saves its control flags with each checkpoint, after the evaluation that stopped it)."""
+    control = state.stateful_callbacks.get("TrainerControl") or {}
+    return bool(state.max_steps and state.global_step >= state.max_steps) or bool(control.get("args", {}).get("should_training_stop"))
+
+
 def end_on_kept(trainer) -> None:
     """Load the checkpoint StopOnVal chose, where it is not the weights training ended with."""
     state = trainer.state
