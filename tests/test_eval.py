@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from charbot.eval.metrics import distinct_by_round, distinct_n, mean_length  # noqa: E402
+from charbot.eval.metrics import distinct_by_round, distinct_n, mean_length, ratio_interval  # noqa: E402
 from charbot.dataset import load_jsonl  # noqa: E402
 from train_support import make_prepared, make_tiny_base  # noqa: E402
 
@@ -29,6 +29,16 @@ def test_distinct_n_of_several_draws_is_taken_per_round():
     assert distinct_n([r for per_context in replies for r in per_context], 1) == pytest.approx(0.5)
     assert distinct_by_round([["aye aye"]], 1) == pytest.approx(0.5)
     assert distinct_by_round([], 2) == 0.0
+
+
+def test_the_hits_ratio_interval_says_when_forty_contexts_cannot_tell_a_ratio():
+    base = [i < 6 for i in range(40)]  # 6 hits in 40, as the base scores on Rick's test episode
+    assert ratio_interval(base, base) == (1.0, 1.0)
+    low, high = ratio_interval(base, [i < 12 for i in range(40)])  # twice the hits, on the same contexts and more
+    assert 1.0 < low < 2.0 < high
+    low, high = ratio_interval(base, [i < 9 for i in range(40)])  # 1.5x: 3 hits more
+    assert low <= 1.0 < 1.5 < high  # not told apart from no gain
+    assert ratio_interval(base, base[:10]) == pytest.approx((float("nan"),) * 2, nan_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +113,7 @@ def test_eval_writes_a_report_comparing_models(setup, tmp_path, capsys):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| base + persona | yes | no |" in report and "| named | yes | yes |" in report and "2 sampled replies per context" in report
     assert "| real lines (reference) |" in report and "| other speakers (reference) |" in report
-    assert "**Note**" in report and "val.jsonl" in report and "ROC-AUC" in report
+    assert "**Note**" in report and "val.jsonl" in report and "ROC-AUC" in report and "paired bootstrap" in report
     assert (tmp_path / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert {r["label"] for r in results["models"]} == {"base", "base + persona", "named", "real lines (reference)", "other speakers (reference)"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
@@ -25,3 +26,20 @@ def distinct_by_round(replies: list[list[str]], n: int) -> float:
     would count a context's replies repeating one another, so a model sampled more often would look less diverse."""
     rounds = [[per_context[k] for per_context in replies if k < len(per_context)] for k in range(max(map(len, replies), default=0))]
     return sum(distinct_n(draws, n) for draws in rounds) / len(rounds) if rounds else 0.0
+
+
+def ratio_interval(base: list[bool], model: list[bool], draws: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Interval of model hits / base hits over the same contexts, by a paired bootstrap: contexts are drawn with
+    replacement and both sides keep their own outcome on each, so an easy context helps both alike. At 30-40
+    contexts one hit moves hits@1 by 0.025-0.033: the interval says whether a ratio is there at all."""
+    if len(base) != len(model) or not base:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    n, ratios = len(base), []
+    for _ in range(draws):
+        picked = [rng.randrange(n) for _ in range(n)]
+        b, m = sum(base[i] for i in picked), sum(model[i] for i in picked)
+        ratios.append(m / b if b else float("inf") if m else 1.0)  # neither hit anything drawn: no difference shown
+    ratios.sort()
+    tail = (1 - level) / 2
+    return ratios[int(tail * draws)], ratios[min(draws - 1, int((1 - tail) * draws))]

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import math
 
+from charbot.eval.metrics import ratio_interval
+
+
+def _x(v: float) -> str:
+    return "∞" if math.isinf(v) else f"{v:.1f}"
+
 
 def _f(v: float, pct: bool = False) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -93,7 +99,8 @@ def targets(rows, references) -> list[str]:
     out = [
         "## Targets", "",
         "Perplexity ≥ 40% below the plain base; hits@1 ≥ 2× the plain base's; judge ratio ≥ 1.00 together with distinct-2 "
-        "≥ 0.85× and mean length within ±30% of the real lines'.", "",
+        "≥ 0.85× and mean length within ±30% of the real lines'. In brackets: the hits@1 ratio's 95% interval, by a paired "
+        "bootstrap over the contexts.", "",
         "| model | perplexity vs base | hits@1 vs base | judge ratio | distinct-2 vs real | words vs real | all met |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -107,6 +114,9 @@ def targets(rows, references) -> list[str]:
         met = [ppl >= 0.4, hits >= 2, r.judge_ratio >= 1.0, d2 >= 0.85, abs(length - 1) <= 0.3]
         mark = lambda ok: "" if ok else " ✗"  # noqa: E731
         hits_text = "—" if math.isnan(hits) else "∞×" if math.isinf(hits) else f"{hits:.1f}×"
+        if r.ranks and len(r.ranks) == len(base.ranks):
+            low, high = ratio_interval([k == 1 for k in base.ranks], [k == 1 for k in r.ranks])
+            hits_text += f" ({_x(low)}–{_x(high)})"
         out.append(f"| {r.label} | {ppl:.0%} below{mark(met[0])} | {hits_text}{mark(met[1])} | {_f(r.judge_ratio)}{mark(met[2])} | "
                    f"{d2:.2f}×{mark(met[3])} | {length:.2f}×{mark(met[4])} | {'yes' if all(met) else 'no'} |")
     return out + [""]

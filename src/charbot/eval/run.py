@@ -50,6 +50,7 @@ class Row:
     judge_score: float = NAN  # the judge's mean score of the replies
     judge_ratio: float = NAN  # judge_score / the judge's mean score of the character's real replies to the same contexts
     max_new_tokens: int = 0  # the cap each reply was sampled under
+    ranks: list[int] = field(default_factory=list)  # response selection: the real reply's rank per context (1 = first)
 
     @classmethod
     def scored(cls, label: str, model: str, persona: bool, named: bool, perplexity: float, replies: list[list[str]], judge,
@@ -191,7 +192,7 @@ def evaluate(data_dir: Path, out_dir: Path, candidates: list[Candidate], *, limi
                 progress(cand.label, i + 1, len(contexts))
         row = Row.scored(cand.label, cand.ref or "embedded SmolLM2-135M-Instruct", cand.persona, named, ppl, replies, judge, real_score)
         if ranked is not None:
-            row.hits_at_1, row.mrr, row.loglik_hits_at_1 = ranked.hits_at_1, ranked.mrr, ranked.loglik_hits_at_1
+            row.hits_at_1, row.mrr, row.loglik_hits_at_1, row.ranks = ranked.hits_at_1, ranked.mrr, ranked.loglik_hits_at_1, ranked.ranks
         row.max_new_tokens = settings.max_new_tokens
         rows.append(row)
     # The judge's own yardsticks on the test split: the character's real lines (ratio 1 by definition), and
