@@ -228,7 +228,8 @@ def test_eval_cli_without_selection_scores_the_rest(setup, tmp_path, capsys):
     rows = json.loads((tmp_path / "r" / "results.json").read_text())["models"]
     base_rows = [r for r in rows if r["label"].startswith("base")]
     assert len(base_rows) == 2 and all(r["perplexity"] > 1 and r["hits_at_1"] != r["hits_at_1"] for r in base_rows)  # NaN: not ranked
-    assert "| base | no | no |" in (tmp_path / "r" / "report.md").read_text()
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| base | no | no |" in report and "| base + persona | " in report and "not ranked" in report and "not ranked ✗" not in report
 
 
 def test_eval_draws_replies_as_the_settings_say_capped_at_the_longest_real_reply(tmp_path, monkeypatch):
