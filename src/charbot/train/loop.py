@@ -80,7 +80,7 @@ def half_pass(cfg: TrainConfig, examples: int) -> int:
     return max(1, math.ceil(math.ceil(examples / per_step) / 2))
 
 
-def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool, epochs: float, examples: int = 0):
+def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool, epochs: float, stop_every: int | None = None):
     import torch
     from transformers import TrainingArguments
 
@@ -89,8 +89,8 @@ def training_arguments(cfg: TrainConfig, checkpoints: Path, has_val: bool, epoch
     # without use_cpu the Trainer sees no device to spread over and every process trains alone, all of them
     # then writing the output; with it, accelerate joins them in one DDP run over gloo.
     cpu_ddp = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # early stopping (stopping.py) scores val and checkpoints at the same steps, twice a pass
-    early = dict(eval_strategy="steps", eval_steps=(every := half_pass(cfg, examples)), save_steps=every) if cfg.early_stopping and has_val else {}
+    # early stopping (stopping.py) scores val and checkpoints at the same steps
+    early = dict(eval_strategy="steps", eval_steps=stop_every, save_steps=stop_every) if stop_every else {}
     return TrainingArguments(
         **({"use_cpu": True, "ddp_backend": "gloo"} if cpu_ddp else {}),
         **early,
@@ -205,8 +205,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     for name, examples, epochs in phases:
         train_ds = build_dataset(tokenizer, renderer, examples, cfg.max_length, cfg.no_system, last_only=cfg.loss_on == "last", name_replies=cfg.name_replies)
         checkpoints = out / "checkpoints" / (name if phased else "")
-        args = training_arguments(cfg, checkpoints, val_ds is not None, epochs, len(train_ds))
         early = bool(cfg.early_stopping and val_ds is not None)
+        args = training_arguments(cfg, checkpoints, val_ds is not None, epochs, half_pass(cfg, len(train_ds)) if early else None)
         callbacks = [rate] + ([RichProgress(rate, name if phased else "train")] if cfg.progress else [])
         callbacks += [StopOnVal(cfg.patience, cfg.stop_margin)] if early else []
         trainer = Trainer(
